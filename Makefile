@@ -1,0 +1,53 @@
+# cotlib — the course's commands. `make demo` and `make test` create the environment themselves.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cotlib-installed
+# torch + torchvision. torchvision is needed by Qwen-VL processors in transformers 5.
+# On a machine with an NVIDIA GPU pip takes the default (CUDA) build; set TORCH_PKGS or
+# TORCH_INDEX_URL (a CPU wheel index) to choose another build, e.g. a CPU-only one.
+TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX_URL ?=
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
+
+.PHONY: env demo test test-fast lab lint notebooks check-data doctor clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need Python >= 3.10 as $(PY) (make PY=python3.11 ...)"; exit 1; }
+	@$(PY) -c 'import sys; sys.exit(0 if (3,10) <= sys.version_info[:2] <= (3,12) else 1)' || \
+	  { echo "cotlib needs Python 3.10-3.12; found $$($(PY) --version). Try: make PY=python3.11 ..."; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) $(TORCH_PKGS)
+	$(BIN)/python -m pip install --quiet -e ".[course,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(OFFLINE) $(BIN)/cotlib demo
+
+test: $(STAMP)
+	$(OFFLINE) COTLIB_FAST=1 $(BIN)/python -m pytest tests notebooks solutions \
+	  --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+test-fast: $(STAMP)
+	$(OFFLINE) COTLIB_FAST=1 $(BIN)/python -m pytest tests -x -q
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+lint: $(STAMP)
+	$(BIN)/ruff check cotlib tests scripts benchmarks
+
+notebooks: $(STAMP)
+	$(BIN)/python scripts/make_student_notebooks.py
+
+check-data: $(STAMP)
+	$(BIN)/python scripts/make_data.py --check
+
+doctor: $(STAMP)
+	$(BIN)/cotlib doctor
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,137 @@
+"""Exercise checkers for the notebooks: they explain the first mistake and never crash the lesson.
+
+Each checker takes the learner's function, runs it on a table of cases against the library's own
+answer, prints one clear line, and returns ``True``/``False``. A stub that still raises
+``NotImplementedError`` is reported as "not done yet" so the notebook can continue with the
+library's version.
+
+>>> cmp("answer", 3, 3)
+✅ answer: matches
+True
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cotlib import stages
+
+
+@dataclass
+class Case:
+    """One input for a checker: positional ``args``, the expected result, and a hint for a miss."""
+
+    name: str
+    args: tuple
+    expected: Any
+    hint: str = ""
+
+
+def cmp(name: str, mine: Any, ref: Any) -> bool:
+    """Compare a learner's value with the reference and say so in one line (Karpathy's ``cmp``).
+
+    Tensors and arrays are compared elementwise with a tolerance; the largest difference is shown.
+
+    >>> cmp("count", 2, 3)
+    ❌ count: got 2, expected 3
+    False
+    """
+    try:
+        import torch
+
+        if isinstance(mine, torch.Tensor) or isinstance(ref, torch.Tensor):
+            mine_t, ref_t = torch.as_tensor(mine).float(), torch.as_tensor(ref).float()
+            if mine_t.shape != ref_t.shape:
+                print(f"❌ {name}: shape {tuple(mine_t.shape)}, expected {tuple(ref_t.shape)}")
+                return False
+            diff = (mine_t - ref_t).abs().max().item() if mine_t.numel() else 0.0
+            ok = torch.allclose(mine_t, ref_t, atol=1e-5, rtol=1e-4)
+            print(f"{'✅' if ok else '❌'} {name}: max difference {diff:.2g}")
+            return bool(ok)
+    except ImportError:  # pragma: no cover
+        pass
+    if mine == ref:
+        print(f"✅ {name}: matches")
+        return True
+    print(f"❌ {name}: got {mine!r}, expected {ref!r}")
+    return False
+
+
+def run_cases(title: str, fn: Callable, cases: Iterable[Case]) -> bool:
+    """Run ``fn`` on each case; print the first failure with its hint, or a pass line.
+
+    >>> run_cases("double", lambda x: 2 * x, [Case("two", (2,), 4)])
+    ✅ double: all 1 cases pass
+    True
+    """
+    cases = list(cases)
+    for case in cases:
+        try:
+            got = fn(*case.args)
+        except NotImplementedError:
+            print(f"⏳ {title}: not done yet — write the function above and run this cell again. "
+                  "The notebook continues with cotlib's version meanwhile.")
+            return False
+        except Exception as err:  # a learner's bug: show it briefly, never crash the notebook
+            last = traceback.extract_tb(err.__traceback__)[-1]
+            print(f"❌ {title}: case '{case.name}' raised {type(err).__name__}: {err} "
+                  f"(line {last.lineno}: {last.line!r})")
+            if case.hint:
+                print(f"   hint: {case.hint}")
+            return False
+        if got != case.expected:
+            print(f"❌ {title}: case '{case.name}': got {got!r}, expected {case.expected!r}")
+            print(f"   input: {_short(case.args)}")
+            if case.hint:
+                print(f"   hint: {case.hint}")
+            return False
+    print(f"✅ {title}: all {len(cases)} cases pass")
+    return True
+
+
+def _short(args: tuple, limit: int = 160) -> str:
+    text = ", ".join(repr(a) for a in args)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 01: is a model output well formed?
+# --------------------------------------------------------------------------------------------
+
+def _wf(summary="plan", caption="a red circle", reasoning="one red object", conclusion="1"):
+    return stages.render(summary, caption, reasoning, conclusion)
+
+
+def well_formed_cases() -> list[Case]:
+    """Cases for the notebook 01 exercise ``is_well_formed(text) -> bool``."""
+    good = _wf()
+    return [
+        Case("a good trace", (good,), True),
+        Case("lower-case tags", (good.lower().replace("1", "1"),), True,
+             "Tags may be written in any case: compare names case-insensitively."),
+        Case("no CONCLUSION", (good.split("<CONCLUSION>")[0],), False,
+             "All four stages must be present."),
+        Case("stages out of order",
+             ("<CAPTION>c</CAPTION><SUMMARY>s</SUMMARY><REASONING>r</REASONING>"
+              "<CONCLUSION>1</CONCLUSION>",), False,
+             "SUMMARY must come before CAPTION, CAPTION before REASONING, and so on."),
+        Case("an empty stage", (_wf(reasoning=" "),), False,
+             "A stage with only whitespace inside counts as empty."),
+        Case("cut off before </CONCLUSION>", (good.replace("</CONCLUSION>", ""),), False,
+             "Every stage must be closed; a generation that stopped early is not well formed."),
+        Case("chatter outside the tags", ("Sure! " + good,), False,
+             "Text outside the four tags makes the output ill-formed."),
+        Case("extra spaces between stages", (good.replace("\n\n", "\n \n\t"),), True,
+             "Whitespace between stages is fine."),
+    ]
+
+
+def check_is_well_formed(fn: Callable[[str], bool]) -> bool:
+    """Check a learner's ``is_well_formed(text)`` against :func:`cotlib.stages.is_valid`."""
+    cases = well_formed_cases()
+    for case in cases:  # the table must agree with the library, or the checker itself is wrong
+        assert stages.is_valid(*case.args) == case.expected, case.name
+    return run_cases("is_well_formed", fn, cases)

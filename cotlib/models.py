@@ -1,0 +1,439 @@
+"""Load any Hugging Face vision-language model, or build a tiny offline twin of one.
+
+The course recommends real models (``PRESETS``) and loads them with the ordinary
+``AutoModelForImageTextToText.from_pretrained(hub_id)``. With no network, ``tiny(family)`` builds a
+small randomly initialised model of the same family — a tokenizer trained here on course text,
+the family's special tokens and chat template, a tiny config — saves it with ``save_pretrained``
+and the same ``load()`` reads it back. Lessons and tests therefore run the real loading code.
+
+>>> from cotlib import models
+>>> sorted(models.FAMILIES)
+['idefics3', 'qwen2_vl']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cotlib import env
+
+FAMILIES = ("idefics3", "qwen2_vl")
+
+#: Default image size for the tiny models (synthetic scenes are 192 px squares).
+TINY_IMAGE_SIZE = 192
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A real model the course recommends, with what it needs.
+
+    Memory figures are estimates in GiB: ``inference_gb`` = weights in bf16/fp16 (2 bytes per
+    parameter) plus ~20% for activations and the KV cache at one image; ``lora_train_gb`` is the
+    peak measured or estimated for LoRA at the preset's T4 settings (see ``cotlib.train``).
+    """
+
+    name: str
+    hub_id: str
+    family: str
+    params_millions: int
+    inference_gb: float
+    lora_train_gb: float
+    image_tokens: str
+    notes: str = ""
+
+
+def _inference_gb(params_millions: int) -> float:
+    return round(params_millions * 1e6 * 2 * 1.2 / 2**30, 1)
+
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in (
+        ModelPreset(
+            "smolvlm-256m", "HuggingFaceTB/SmolVLM-256M-Instruct", "idefics3", 256,
+            _inference_gb(256), 6.0, "64 per 512 px tile; up to 4x4 tiles + global view",
+            "Fits a Colab T4 easily; the course's default real model.",
+        ),
+        ModelPreset(
+            "smolvlm-500m", "HuggingFaceTB/SmolVLM-500M-Instruct", "idefics3", 507,
+            _inference_gb(507), 10.0, "64 per 512 px tile; up to 4x4 tiles + global view",
+            "Better answers; still fits a T4 for LoRA at the T4 preset.",
+        ),
+        ModelPreset(
+            "qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_vl", 3755,
+            _inference_gb(3755), 20.0, "one token per 28x28 px (min/max pixels cap the count)",
+            "Needs an L4/A100 for bf16 LoRA; on a T4 use 4-bit QLoRA.",
+        ),
+    )
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model or processor could not be loaded; the message says what to do instead."""
+
+
+def resolve(model_id_or_folder: str | os.PathLike) -> str:
+    """Turn a preset name, a folder or a hub id into what ``from_pretrained`` takes.
+
+    >>> resolve("smolvlm-256m")
+    'HuggingFaceTB/SmolVLM-256M-Instruct'
+    """
+    text = str(model_id_or_folder)
+    if text in PRESETS:
+        return PRESETS[text].hub_id
+    return text
+
+
+def load(
+    model_id_or_folder: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    device: str | None = None,
+    **kwargs,
+):
+    """Load a vision-language model and its processor: ``(model, processor)``.
+
+    Works for any ``AutoModelForImageTextToText`` id, a preset name from ``PRESETS`` or a local
+    folder (e.g. one written by :func:`tiny`). dtype and device default to the hardware's best
+    (bf16 on Ampere+, fp16 on T4-class GPUs, fp32 on CPU).
+
+    >>> model, processor = load(tiny("idefics3"))  # doctest: +ELLIPSIS
+    >>> model.dtype
+    torch.float32
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    source = resolve(model_id_or_folder)
+    hw = env.hardware()
+    device = device or hw.device
+    local = Path(source).is_dir()
+    if not local and (Path(source).is_absolute() or source.startswith((".", "~"))):
+        raise ModelLoadError(
+            f"No model folder at {source!r}. Build one with cotlib.models.tiny(...) or pass a "
+            "hub id such as 'HuggingFaceTB/SmolVLM-256M-Instruct'."
+        )
+    try:
+        processor = AutoProcessor.from_pretrained(source, **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=env.torch_dtype(dtype or hw.dtype), **kwargs
+        )
+    except (OSError, ValueError) as err:
+        where = "this folder" if local else f"the hub id {source!r}"
+        hint = (
+            "The Hugging Face hub is switched off (HF_HUB_OFFLINE=1) or unreachable, and the "
+            "model is not in the local cache. Connect and unset HF_HUB_OFFLINE to download it, "
+            "copy the model folder here and pass its path, or use the offline twin "
+            "cotlib.models.load(cotlib.models.tiny('idefics3'))."
+            if not local
+            else "Check that the folder holds config.json, the weights and the processor files."
+        )
+        raise ModelLoadError(f"Could not load {where}: {type(err).__name__}. {hint}") from None
+    model.to(device)
+    model.eval()
+    return model, processor
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny offline models
+# --------------------------------------------------------------------------------------------
+
+IDEFICS3_SPECIALS = (
+    ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
+     "<image>", "<global-img>"]
+    + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+)
+QWEN2_VL_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|image_pad|>", "<|video_pad|>",
+]
+
+# SmolVLM's chat template shape: "<|im_start|>User:<image>question<end_of_utterance>\nAssistant:"
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}{{ ': ' + message['content'] }}{% else %}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+# Qwen2-VL's chat template shape (no default system prompt in the tiny twin).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif part['type'] == 'text' %}"
+    "{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Sizes of a tiny model. The defaults train a step in well under a second on a CPU."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    image_size: int = TINY_IMAGE_SIZE
+    patch_size: int = 16  # idefics3; qwen2_vl always uses 14 px patches merged 2x2
+    vocab_size: int = 1024
+
+
+def course_corpus() -> list[str]:
+    """Text the tiny tokenizers are trained on: stage tags, prompts, synthetic tasks and traces.
+
+    >>> any("<CONCLUSION>" in line for line in course_corpus())
+    True
+    """
+    from cotlib import stages
+
+    lines = [" ".join(stages.open_tag(s) + " " + stages.close_tag(s) for s in stages.STAGES)]
+    lines += [f"{s}: {text}" for s, text in stages.STAGE_PURPOSE.items()]
+    try:
+        from cotlib import synth
+
+        for task in synth.make_tasks(160, seed=12345):
+            answer, steps = synth.solve(task.prompt_question(), task.scene)
+            lines.append(task.prompt_question())
+            lines.append(
+                stages.render(
+                    f"I will look at the image and answer: {task.question}",
+                    synth.describe(task.scene),
+                    " ".join(steps),
+                    answer,
+                )
+            )
+    except ImportError:  # pragma: no cover - synth is part of the package
+        pass
+    words = (
+        "red green blue yellow purple orange circle square triangle bar chart small large "
+        "left right above below top bottom middle centre how many what which color colour "
+        "shape object objects there is are more fewer than total value tallest shortest "
+        "difference between the a an of in on and yes no answer question image option "
+        "0 1 2 3 4 5 6 7 8 9 10 11 12 zero one two three four five six seven eight nine ten"
+    )
+    lines.append(words)
+    return lines
+
+
+def _train_tokenizer(specials: list[str], vocab_size: int, corpus: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    return tok
+
+
+def _build_idefics3(spec: TinySpec, corpus: list[str]):
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import (
+        Idefics3ImageProcessorPil,
+    )
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    tok = TokenizersBackend(
+        tokenizer_object=_train_tokenizer(IDEFICS3_SPECIALS, spec.vocab_size, corpus),
+        bos_token="<|im_start|>", eos_token="<end_of_utterance>",
+        pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+    )
+    scale = 2
+    patches = (spec.image_size // spec.patch_size) ** 2
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": spec.image_size},
+        max_image_size={"longest_edge": spec.image_size},
+        do_image_splitting=False,
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tok,
+        image_seq_len=patches // scale**2, chat_template=IDEFICS3_CHAT_TEMPLATE,
+    )
+    config = Idefics3Config(
+        text_config=dict(
+            model_type="llama", vocab_size=len(tok), hidden_size=spec.hidden,
+            intermediate_size=spec.hidden * 2, num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
+            max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            hidden_size=spec.vision_hidden, intermediate_size=spec.vision_hidden * 2,
+            num_hidden_layers=spec.vision_layers, num_attention_heads=spec.heads,
+            image_size=spec.image_size, patch_size=spec.patch_size,
+        ),
+        scale_factor=scale,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return Idefics3ForConditionalGeneration(config), processor
+
+
+def _build_qwen2_vl(spec: TinySpec, corpus: list[str]):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    try:
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+        Qwen2VLVideoProcessor()
+    except ImportError as err:  # torchvision missing
+        raise ModelLoadError(
+            "Qwen-VL processors need torchvision in transformers 5. Install it: "
+            "pip install torchvision (a build matching your torch)."
+        ) from err
+
+    tok = TokenizersBackend(
+        tokenizer_object=_train_tokenizer(QWEN2_VL_SPECIALS, spec.vocab_size, corpus),
+        eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
+    )
+    pixels = dict(min_pixels=56 * 56, max_pixels=(spec.image_size + 28) ** 2)
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=14, merge_size=2, temporal_patch_size=2, **pixels
+    )
+    video_processor = Qwen2VLVideoProcessor(
+        patch_size=14, merge_size=2, temporal_patch_size=2, **pixels
+    )
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+    head_dim = spec.hidden // spec.heads
+    half = head_dim // 2  # mrope_section must sum to head_dim / 2
+    section = [half - 2 * (half // 3), half // 3, half // 3]
+    ids = {name: tok.convert_tokens_to_ids(tokn) for name, tokn in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"),
+        ("vision_end_token_id", "<|vision_end|>"))}
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.hidden * 2,
+            num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+            num_key_value_heads=spec.kv_heads, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "mrope_section": section,
+                             "rope_theta": 10000.0},
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            depth=spec.vision_layers, embed_dim=spec.vision_hidden, hidden_size=spec.hidden,
+            mlp_ratio=2, num_heads=spec.heads, patch_size=14, spatial_merge_size=2,
+            temporal_patch_size=2, in_chans=3,
+        ),
+        tie_word_embeddings=False,
+        **ids,
+    )
+    return Qwen2VLForConditionalGeneration(config), processor
+
+
+def tiny_cache_dir() -> Path:
+    """Where tiny models are cached: ``$COTLIB_CACHE`` or ``~/.cache/cotlib``."""
+    return Path(os.environ.get("COTLIB_CACHE", Path.home() / ".cache" / "cotlib"))
+
+
+def tiny(
+    family: str = "idefics3",
+    folder: str | os.PathLike | None = None,
+    *,
+    spec: TinySpec = TinySpec(),
+    seed: int = 0,
+    rebuild: bool = False,
+) -> Path:
+    """Build (or reuse) a tiny random model of ``family`` and return its folder.
+
+    The folder is an ordinary ``save_pretrained`` folder: load it with :func:`load` or with
+    ``AutoModelForImageTextToText.from_pretrained(folder)``. Building is deterministic for a given
+    ``spec`` and ``seed``, and results are cached by a hash of both.
+
+    >>> folder = tiny("idefics3")
+    >>> (folder / "config.json").exists()
+    True
+    """
+    import torch
+
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown family {family!r}; choose one of {FAMILIES}.")
+    corpus = course_corpus()
+    key = hashlib.sha256(
+        json.dumps([family, asdict(spec), seed, corpus], sort_keys=True).encode()
+    ).hexdigest()[:12]
+    target = Path(folder) if folder else tiny_cache_dir() / "tiny" / f"{family}-{key}"
+    if (target / "cotlib_tiny.json").exists() and not rebuild:
+        return target
+    torch.manual_seed(seed)
+    build = _build_idefics3 if family == "idefics3" else _build_qwen2_vl
+    model, processor = build(spec, corpus)
+    tok = processor.tokenizer
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.do_sample = False
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    info = {"family": family, "spec": asdict(spec), "seed": seed, "key": key,
+            "parameters": sum(p.numel() for p in model.parameters())}
+    (target / "cotlib_tiny.json").write_text(json.dumps(info, indent=2))
+    return target
+
+
+def count_parameters(model) -> dict[str, int]:
+    """Total and trainable parameter counts.
+
+    >>> import torch; count_parameters(torch.nn.Linear(2, 3))
+    {'total': 9, 'trainable': 9}
+    """
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+def chat_prompt(processor, question: str) -> str:
+    """The user turn (one image, then the question) in the model's chat template, ready for the
+    assistant to answer.
+
+    >>> _, processor = load(tiny("idefics3"))
+    >>> chat_prompt(processor, "How many?")
+    '<|im_start|>User:<image>How many?<end_of_utterance>\\nAssistant:'
+    """
+    content = [{"type": "image"}, {"type": "text", "text": question}]
+    return processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True
+    )
+
+
+def encode(processor, images: list, texts: list[str], device=None):
+    """Tokenize ``texts`` (each holding one image placeholder) with ``images``, padded, as tensors.
+
+    Works for both families (one image per text).
+
+    >>> _, processor = load(tiny("idefics3"))
+    >>> from PIL import Image
+    >>> batch = encode(processor, [Image.new("RGB", (64, 64))], [chat_prompt(processor, "Hi?")])
+    >>> batch["input_ids"].shape[0]
+    1
+    """
+    if len(images) != len(texts):
+        raise ValueError(f"got {len(images)} images for {len(texts)} texts; pass one image each")
+    tokenizer = processor.tokenizer
+    if len(texts) > 1 and tokenizer.padding_side != "left":
+        tokenizer.padding_side = "left"  # generation continues at the right edge
+    batch = processor(text=list(texts), images=list(images), return_tensors="pt", padding=True)
+    return batch.to(device) if device is not None else batch
