@@ -1,0 +1,47 @@
+"""The exercise checkers: they pass right answers, explain wrong ones, and never crash."""
+
+from __future__ import annotations
+
+import torch
+
+from cotlib import checks, stages
+
+
+def test_cmp_values_and_tensors(capsys):
+    assert checks.cmp("x", 1, 1)
+    assert not checks.cmp("x", 1, 2)
+    assert checks.cmp("t", torch.ones(3), torch.ones(3))
+    assert not checks.cmp("t", torch.ones(3), torch.zeros(3))
+    assert not checks.cmp("t", torch.ones(3), torch.ones(4))
+    out = capsys.readouterr().out
+    assert "got 1, expected 2" in out and "shape (3,), expected (4,)" in out
+
+
+def test_well_formed_checker_accepts_the_library_answer(capsys):
+    assert checks.check_is_well_formed(stages.is_valid)
+    assert "all 8 cases pass" in capsys.readouterr().out
+
+
+def test_well_formed_checker_explains_a_case_sensitive_mistake(capsys):
+    def naive(text: str) -> bool:
+        return all(f"<{s}>" in text and f"</{s}>" in text for s in stages.STAGES)
+
+    assert not checks.check_is_well_formed(naive)
+    out = capsys.readouterr().out
+    assert "lower-case tags" in out and "hint:" in out
+
+
+def test_stub_is_reported_as_not_done(capsys):
+    def stub(text):
+        raise NotImplementedError("Exercise: write this part")
+
+    assert not checks.check_is_well_formed(stub)
+    assert "not done yet" in capsys.readouterr().out
+
+
+def test_learner_exception_is_shown_not_raised(capsys):
+    def buggy(text):
+        return text[10**9]
+
+    assert not checks.check_is_well_formed(buggy)
+    assert "IndexError" in capsys.readouterr().out

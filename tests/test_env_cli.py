@@ -1,0 +1,60 @@
+"""cotlib.env and the command line."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cotlib import cli, env
+
+
+def test_fast_mode_follows_the_variable(monkeypatch):
+    monkeypatch.setenv("COTLIB_FAST", "1")
+    assert env.is_fast()
+    monkeypatch.setenv("COTLIB_FAST", "0")
+    assert not env.is_fast()
+
+
+def test_hardware_on_this_machine_is_consistent():
+    hw = env.hardware()
+    if hw.device == "cpu":
+        assert hw.dtype == "float32" and not hw.bf16
+    else:
+        assert hw.dtype in {"bfloat16", "float16"}
+
+
+def test_seeding_repeats_torch_draws():
+    import torch
+
+    env.seed_everything(3)
+    a = torch.rand(3)
+    env.seed_everything(3)
+    assert torch.equal(a, torch.rand(3))
+
+
+def test_report_never_prints_the_key(monkeypatch):
+    secret = "sk-test-" + "x1y2z3" * 6
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    text = env.report()
+    assert "OpenAI key  : set" in text and secret not in text
+    assert secret not in str(env.describe())
+
+
+def test_run_dir_is_shared(tmp_path, monkeypatch):
+    monkeypatch.setenv("COTLIB_RUNS", str(tmp_path))
+    assert env.run_dir("x") == tmp_path / "x" and (tmp_path / "x").is_dir()
+
+
+def test_doctor_command(capsys):
+    assert cli.main(["doctor"]) == 0
+    assert "device" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+def test_demo_writes_a_report(tmp_path, monkeypatch, tiny_cache, family):
+    monkeypatch.setenv("COTLIB_RUNS", str(tmp_path))
+    assert cli.main(["demo", "--tasks", "2", "--family", family]) == 0
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| task type |" in report and report.count("\n| ") >= 3
+    assert os.path.exists(tmp_path / "demo" / "demo.json")
