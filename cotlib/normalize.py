@@ -44,8 +44,8 @@ _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "sev
          "eighty": 80, "ninety": 90}
 WORD_TO_NUMBER.update(_TENS)
 
-YES = {"yes", "y", "yeah", "yep", "yup", "true", "correct", "right", "affirmative", "indeed"}
-NO = {"no", "n", "nope", "nah", "false", "incorrect", "wrong", "negative"}
+YES = {"yes", "y", "yeah", "yep", "yup", "true", "correct", "affirmative"}
+NO = {"no", "n", "nope", "nah", "false", "incorrect", "negative"}
 
 ARTICLES = {"a", "an", "the"}
 
@@ -63,19 +63,18 @@ LEAD_INS = sorted(
     reverse=True,
 )
 
-# Words that may follow a number without changing the answer ("3 objects", "5 units").
-UNIT_WORDS = {
-    "object", "objects", "item", "items", "shape", "shapes", "thing", "things", "unit", "units",
-    "bar", "bars", "percent", "%", "cm", "mm", "m", "km", "kg", "g", "in", "inch", "inches",
-    "degree", "degrees", "°", "dollar", "dollars", "$", "point", "points", "people", "times",
-    "total", "in total", "altogether", "of them",
-}
-
 _LETTER_RE = re.compile(
     r"^(?:option|choice|answer|letter)?\s*[\(\[]?\s*([a-z])\s*[\)\]\.:]?(?:\s+(.*))?$"
 )
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
-_PUNCT = "".join(ch for ch in string.punctuation if ch not in "%$") + "“”‘’«»…–—"
+_TOKEN_RE = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?|\d+(?:\.\d+)?|[^\W_]+")  # drops %, $, °
+_PUNCT = string.punctuation + "“”‘’«»…–—"
+
+
+def _strip(s: str) -> str:
+    """Strip spaces and punctuation from both ends, keeping the minus sign of '-2'."""
+    stripped = s.strip(" " + _PUNCT)
+    return "-" + stripped if re.match(r"^\s*-\d", s) else stripped
 
 
 # -----------------------------------------------------------------------------
@@ -137,21 +136,21 @@ def _words_to_digits(words: list[str]) -> list[str]:
 
 
 def _tokens(s: str) -> list[str]:
-    """Split into words, keeping decimals and thousands separators inside numbers."""
+    """Words and numbers: decimals and thousands separators stay inside numbers, a leading minus
+    sign stays on a number, and other punctuation separates words ("top-left" -> top, left)."""
     s = re.sub(r"(?<=\d),(?=\d{3}\b)", "", s)  # 1,000 -> 1000
-    s = re.sub(r"(?<=\d)\s*%", " %", s)  # 45% -> 45 %
-    s = s.replace("-", " ") if not re.fullmatch(r"-\d+(\.\d+)?", s) else s
-    keep_dot = re.sub(r"(?<=\d)\.(?=\d)", "<DOT>", s)
-    table = str.maketrans({ch: " " for ch in _PUNCT})
-    words = keep_dot.translate(table).replace("<dot>", ".").replace("<DOT>", ".").split()
-    return words
+    return _TOKEN_RE.findall(s)
 
 
-def _yes_no(words: list[str]) -> str | None:
-    if words and words[0] in YES and (len(words) == 1 or not words[1:2] == ["no"]):
-        return "yes"
-    if words and words[0] in NO:
-        return "no"
+def _yes_no(s: str, words: list[str]) -> str | None:
+    """'yes'/'no' when the answer is a yes/no word alone or followed by punctuation ("No, ...").
+
+    "no red objects" is not a "no": it is the count 0.
+    """
+    if not words or words[0] not in YES | NO:
+        return None
+    if len(words) == 1 or words[0] == "yes" or re.match(r"^\w+\s*[,.;:!]", s):
+        return "yes" if words[0] in YES else "no"
     return None
 
 
@@ -169,14 +168,15 @@ def normalize_answer(text: object, choices: list[str] | None = None) -> str:
 
     >>> normalize_answer("**Twenty-one** apples")
     '21'
-    >>> normalize_answer("Option (c)", choices=["1", "2", "3"]), normalize_answer("C. 3", ["1", "2", "3"])
+    >>> options = ["1", "2", "3"]
+    >>> normalize_answer("Option (c)", options), normalize_answer("C. 3", options)
     ('3', '3')
-    >>> normalize_answer("No."), normalize_answer("Nope, it is not."), normalize_answer("The blue bar")
-    ('no', 'no', 'blue bar')
+    >>> normalize_answer("No."), normalize_answer("Nope, it is not."), normalize_answer("The bar")
+    ('no', 'no', 'bar')
     """
     s = _clean(text)
-    s = s.strip(" " + _PUNCT)
-    s = _strip_lead_ins(s).strip(" " + _PUNCT)
+    s = _strip(s)
+    s = _strip(_strip_lead_ins(s))
     if choices:
         picked = _pick_choice(s, choices)
         if picked is not None:
@@ -185,27 +185,22 @@ def normalize_answer(text: object, choices: list[str] | None = None) -> str:
 
 
 def _normalize_plain(s: str) -> str:
-    words = _tokens(s)
-    words = [w for w in words if w not in ARTICLES]
+    tokens = _tokens(s)
+    words = [w for w in tokens if w not in ARTICLES] or tokens  # "a" alone stays "a"
     if not words:
         return ""
-    yn = _yes_no(words)
-    if yn is not None and (len(words) == 1 or words[0] in {"yes", "no"}):
+    yn = _yes_no(s, words)
+    if yn is not None:
         return yn
     words = _words_to_digits(words)
-    if _NUMBER_RE.fullmatch(words[0]):
-        rest = " ".join(words[1:])
-        if not rest or all(w in UNIT_WORDS or not any(c.isdigit() for c in w) for w in words[1:]):
-            # a number followed only by words ("3 objects", "3 red circles") is that number
-            return _canonical_number(words[0])
-        if rest in UNIT_WORDS:  # pragma: no cover - covered by the line above
-            return _canonical_number(words[0])
+    if _NUMBER_RE.fullmatch(words[0]) and not any(_NUMBER_RE.fullmatch(w) for w in words[1:]):
+        return _canonical_number(words[0])  # "3 objects", "3 red circles", "45 %" -> the number
     return " ".join(_canonical_number(w) if _NUMBER_RE.fullmatch(w) else w for w in words)
 
 
 def _pick_choice(s: str, choices: list[str]) -> str | None:
     """The normalised option text that ``s`` names (by letter or text), else None."""
-    options = [_normalize_plain(_clean(c).strip(" " + _PUNCT)) for c in choices]
+    options = [_normalize_plain(_strip(_clean(c))) for c in choices]
     m = _LETTER_RE.match(s)
     if m and ord(m.group(1)) - ord("a") < len(choices):
         index = ord(m.group(1)) - ord("a")
@@ -235,7 +230,7 @@ def _tail_candidates(s: str) -> list[str]:
     out = []
     for sep in (" = ", "=", " is ", " are ", " was ", ", so ", " so "):
         if sep in s:
-            tail = s.rsplit(sep, 1)[1].strip(" " + _PUNCT)
+            tail = _strip(s.rsplit(sep, 1)[1])
             if tail and len(tail.split()) <= 4:
                 out.append(tail)
     return out
@@ -274,9 +269,13 @@ def answers_match(
     if not p:
         return False
     # sentence shapes: "... is X", "... = X"
-    cleaned = _strip_lead_ins(_clean(pred).strip(" " + _PUNCT))
+    cleaned = _strip_lead_ins(_strip(_clean(pred)))
     for tail in _tail_candidates(cleaned):
         if normalize_answer(tail, choices) == g:
+            return True
+    if g in ("yes", "no"):  # "No there are not" (no comma) still starts with a no
+        first = _tokens(cleaned)[:1]
+        if first and first[0] in (YES if g == "yes" else NO):
             return True
     if _NUMBER_RE.fullmatch(g):  # one number in a sentence about a numeric answer
         nums = _numbers(cleaned)

@@ -29,7 +29,6 @@ def execute(path: Path) -> None:
 def main(argv: list[str]) -> int:
     os.environ.setdefault("COTLIB_FAST", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")
     paths = [Path(a).resolve() for a in argv] or sorted((ROOT / "solutions").glob("*.ipynb"))
     for path in paths:
         execute(path)
