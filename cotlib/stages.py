@@ -299,7 +299,23 @@ def _strip_stage_tags(s: str) -> str:
     return _TAG_RE.sub(lambda m: "" if m.group(2).upper() in STAGES else m.group(0), s)
 
 
-def render(summary: str, caption: str, reasoning: str, conclusion: str, sep: str = "\n\n") -> str:
+#: What separates one stage from the next in rendered traces (training data and decoding agree).
+SEP = "\n\n"
+
+
+def render_stage(stage: str, body: str) -> str:
+    """One stage as traces write it: ``<STAGE> body </STAGE>`` (``<STAGE></STAGE>`` if empty).
+
+    >>> render_stage("SUMMARY", " a plan ")
+    '<SUMMARY> a plan </SUMMARY>'
+    """
+    body = body.strip()
+    if body:
+        return f"{open_tag(stage)} {body} {close_tag(stage)}"
+    return f"{open_tag(stage)}{close_tag(stage)}"
+
+
+def render(summary: str, caption: str, reasoning: str, conclusion: str, sep: str = SEP) -> str:
     """Build a staged answer: ``<STAGE> text </STAGE>`` sections joined by ``sep``.
 
     Each text is stripped. Raises ValueError if a text contains a stage tag
@@ -315,7 +331,7 @@ def render(summary: str, caption: str, reasoning: str, conclusion: str, sep: str
     return render_dict(texts, sep=sep)
 
 
-def render_dict(stages: Mapping[str, str], sep: str = "\n\n") -> str:
+def render_dict(stages: Mapping[str, str], sep: str = SEP) -> str:
     """Like :func:`render` but from a ``{stage: text}`` mapping (e.g. ``Parsed.stages``).
 
     Raises ValueError naming any missing or unknown stage keys.
@@ -343,8 +359,7 @@ def render_dict(stages: Mapping[str, str], sep: str = "\n\n") -> str:
         if _has_stage_tag(body):
             raise ValueError(f"{stage} text contains a stage tag, which would break parsing: "
                              f"{_excerpt(body)}")
-        parts.append(f"{open_tag(stage)} {body} {close_tag(stage)}" if body
-                     else f"{open_tag(stage)}{close_tag(stage)}")
+        parts.append(render_stage(stage, body))
     return sep.join(parts)
 
 

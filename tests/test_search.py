@@ -1,0 +1,302 @@
+"""Stage-level beam search, best-of-N, scorers, judges (model, OpenAI-compatible), the tree."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import pytest
+import torch
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from cotlib import infer, models, search, stages, synth
+
+TRACE = stages.render("I will count the shapes.", "A red circle and a blue square.",
+                      "There are two shapes.", "2")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return synth.make_tasks(1, seed=5)[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_cache):
+    return models.load(models.tiny("idefics3"), dtype="float32")
+
+
+def _cand(i, text="x", logprobs=(-1.0,), closed=True, stage="SUMMARY"):
+    return search.Candidate(i, stage, text, list(logprobs), "tag" if closed else "length",
+                            closed)
+
+
+CTX = search.JudgeContext("SUMMARY", "How many?", "")
+
+
+# -----------------------------------------------------------------------------
+# parsing and prompts
+
+
+@pytest.mark.parametrize("text, choice", [
+    ("Since it plans the count, I choose response [2].", 1),
+    ("Since both are fine, I choose response 1.", 0),
+    ("since X, i CHOOSE Response (2)", 1),
+    ("I choose response #1 because it is shorter", 0),
+    ("First I thought response 1, but I choose response 2.", 1),
+    ("Response 2 is clearly better.", 1),
+    ("Response 1 or response 2? Hard to say.", None),
+    ("", None),
+    (None, None),
+    ("I choose response 3.", None),
+])
+def test_parse_judgement(text, choice):
+    got, reason = search.parse_judgement(text)
+    assert got == choice
+    if text and text.lower().startswith("since") and choice is not None:
+        assert reason and "choose" not in reason.lower()
+
+
+def test_judge_prompts_are_stage_specific():
+    assert set(search.JUDGE_PROMPTS) == {*stages.STAGES, search.ANSWER}
+    assert len(set(search.JUDGE_PROMPTS.values())) == len(search.JUDGE_PROMPTS)
+    for stage in search.JUDGE_PROMPTS:
+        ctx = search.JudgeContext(stage, "How many?", "<SUMMARY> plan </SUMMARY>")
+        text = search.judge_prompt(ctx, _cand(0, "alpha"), _cand(1, ""))
+        assert "How many?" in text and "alpha" in text and "(empty)" in text
+        assert "I choose response [1/2]" in text
+
+
+# -----------------------------------------------------------------------------
+# scorers and the knockout
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_knockout_finds_the_best_in_n_minus_1_matches(n):
+    scores = [-3.0, -0.5, -2.0, -0.1, -4.0][:n]
+    cands = [_cand(i, logprobs=[s]) for i, s in enumerate(scores)]
+    winner, matches = search.knockout(CTX, cands, search.loglik_scorer())
+    assert winner == max(range(n), key=lambda i: scores[i])
+    assert len(matches) == n - 1
+    assert [m.round for m in matches] == sorted(m.round for m in matches)
+    assert all(m.winner in (m.a, m.b) for m in matches)
+
+
+def test_knockout_prefers_closed_candidates_without_asking():
+    class Refuse(search.Scorer):
+        def compare(self, ctx, pairs):
+            raise AssertionError("the scorer should not be asked")
+
+    cands = [_cand(0, closed=False, logprobs=[-0.1]), _cand(1, logprobs=[-9.0])]
+    winner, (match,) = search.knockout(CTX, cands, Refuse())
+    assert winner == 1 and match.by == "rule" and "malformed" in match.reason
+
+
+def test_score_scorers():
+    a, b = _cand(0, "short", [-1.0]), _cand(1, "a longer text", [-0.6, -0.6])
+    assert search.loglik_scorer(alpha=1).compare(CTX, [(a, b)])[0].choice == 1
+    assert search.loglik_scorer(alpha=0).compare(CTX, [(a, b)])[0].choice == 0
+    by_len = search.function_scorer(lambda c: len(c.text))
+    assert by_len.compare(CTX, [(a, b)])[0].choice == 1
+    with_ctx = search.function_scorer(lambda c, ctx: ctx.question in c.text, name="mentions")
+    assert with_ctx.name == "mentions"
+    assert with_ctx.compare(CTX, [(a, _cand(1, "How many? two"))])[0].choice == 1
+    nan = search.function_scorer(lambda c: float("nan") if c.index == 0 else -5.0)
+    assert nan.compare(CTX, [(a, b)])[0].choice == 1
+    tie = search.function_scorer(lambda c: 1.0)
+    assert tie.compare(CTX, [(a, b)])[0].choice == 0
+    assert search.length_normalised_loglik([]) == -math.inf
+
+
+def test_model_judge_parses_and_falls_back(tiny, task, monkeypatch):
+    model, processor = tiny
+    seen = {}
+
+    def fake_generate_text(model, processor, images, prompts, max_new_tokens):
+        seen["prompts"] = prompts
+        return ["Since it names the shapes, I choose response 2.", "no idea", "Response 1."]
+
+    monkeypatch.setattr(infer, "generate_text", fake_generate_text)
+    judge = search.judge_scorer(model, processor)
+    ctx = search.JudgeContext("CAPTION", "How many?", "", task.get_image())
+    pairs = [(_cand(0, logprobs=[-2.0]), _cand(1, logprobs=[-1.0])),
+             (_cand(2, logprobs=[-1.0]), _cand(3, logprobs=[-2.0])),
+             (_cand(4), _cand(5))]
+    d = judge.compare(ctx, pairs)
+    assert (d[0].choice, d[0].fallback, d[0].reason) == (1, False, "it names the shapes")
+    assert d[1].fallback and d[1].choice == 0 and d[1].raw == "no idea"
+    assert "malformed" in d[1].reason and "fallback" in d[1].by
+    assert d[2].choice == 0 and not d[2].fallback
+    assert all("describes the parts of the image" in p for p in seen["prompts"])
+
+
+# -----------------------------------------------------------------------------
+# an OpenAI-compatible judge on 127.0.0.1
+
+
+@pytest.fixture
+def fake_judge_server():
+    app = FastAPI()
+    replies: list[tuple[str, object]] = []
+    seen: list[dict] = []
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):  # Request: a module-level name (FastAPI resolves it)
+        body = await request.json()
+        seen.append(body)
+        kind, value = replies.pop(0) if replies else ("text", "Since x, I choose response 2.")
+        if kind == "status":
+            return JSONResponse({"error": {"message": "boom", "type": "server_error"}},
+                                status_code=value)
+        return {"id": "j", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": value}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/v1", replies, seen
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+def test_openai_judge(fake_judge_server, task):
+    from openai import OpenAI
+
+    url, replies, seen = fake_judge_server
+    client = OpenAI(base_url=url, api_key="test", max_retries=0, timeout=10)
+    judge = search.openai_judge_scorer(client, "judge-model")
+    replies += [("text", "Since it is precise, I choose response [2]."),
+                ("text", "Both look good to me."), ("status", 500)]
+    ctx = search.JudgeContext("REASONING", "How many?", "<SUMMARY> s </SUMMARY>",
+                              task.get_image())
+    pairs = [(_cand(0, "first"), _cand(1, "second")),
+             (_cand(2, logprobs=[-1.0]), _cand(3, logprobs=[-0.2])),
+             (_cand(4, logprobs=[-0.1]), _cand(5, logprobs=[-3.0]))]
+    d = judge.compare(ctx, pairs)
+    assert (d[0].choice, d[0].fallback, d[0].by) == (1, False, "openai judge (judge-model)"), d[0]
+    assert d[1].fallback and d[1].choice == 1 and d[1].raw == "Both look good to me."
+    assert d[2].fallback and d[2].choice == 0 and "judge call failed" in d[2].reason
+    content = seen[0]["messages"][0]["content"]
+    assert seen[0]["model"] == "judge-model"
+    assert "first" in content[0]["text"] and "reasons better" in content[0]["text"]
+    assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_beam_search_with_an_openai_judge(fake_judge_server, tiny, task):
+    from openai import OpenAI
+
+    url, replies, seen = fake_judge_server
+    model, processor = tiny
+    client = OpenAI(base_url=url, api_key="test", max_retries=0, timeout=10)
+    tree = search.beam_search_stages(model, processor, task.get_image(),
+                                     task.prompt_question(), n=2,
+                                     scorer=search.openai_judge_scorer(client, "j"),
+                                     force_tokens_per_stage=2)
+    assert [s.winner for s in tree.steps] == [1, 1, 1, 1]
+    assert len(seen) == 4 and tree.fallbacks == 0
+    so_far = [json.dumps(body) for body in seen]
+    assert "(nothing yet)" in so_far[0] and "SUMMARY" in so_far[1]
+
+
+# -----------------------------------------------------------------------------
+# search methods on a tiny model
+
+
+def test_beam_search_tree(tiny, task):
+    model, processor = tiny
+    seen_steps = []
+    tree = search.beam_search_stages(model, processor, task.get_image(), task.prompt_question(),
+                                     n=3, scorer=search.loglik_scorer(),
+                                     force_tokens_per_stage=3, on_stage_end=seen_steps.append)
+    assert [s.stage for s in tree.steps] == list(stages.STAGES) and seen_steps == tree.steps
+    for step in tree.steps:
+        assert len(step.candidates) == 3 and len(step.comparisons) == 2
+        assert len({tuple(c.token_logprobs) for c in step.candidates}) > 1  # really sampled
+        best = max(step.candidates, key=lambda c: c.mean_logprob)
+        assert step.winner == best.index
+        result = tree.answer.stages[step.stage]
+        assert result.text == step.best.text
+        assert result.token_logprobs == step.best.token_logprobs
+    # the winners' tokens are exactly what the final answer was built from
+    comp = tree.answer.completion_ids
+    for step in tree.steps:
+        ids = tree.answer.stages[step.stage].token_ids
+        assert any(comp[k:k + len(ids)] == ids for k in range(len(comp)))
+    text = tree.format()
+    assert text.count("★") == 4 and "round 2" in text
+    json.dumps(tree.to_dict())
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = search.draw_tree(tree)
+    assert len(ax.texts) >= 4 * 3
+    again = search.beam_search_stages(model, processor, task.get_image(),
+                                      task.prompt_question(), n=3,
+                                      scorer=search.loglik_scorer(), force_tokens_per_stage=3)
+    assert again.answer.completion_ids == tree.answer.completion_ids  # seeded
+
+
+def test_beam_search_with_the_models_own_judge_survives_garbage(tiny, task):
+    model, processor = tiny
+    tree = search.beam_search_stages(model, processor, task.get_image(), task.prompt_question(),
+                                     n=2, scorer=search.judge_scorer(model, processor,
+                                                                     max_new_tokens=4),
+                                     force_tokens_per_stage=2)
+    assert tree.scorer == "model judge"
+    assert tree.fallbacks == 4  # a random model never answers in the judge's format
+    assert all(c.raw is not None for s in tree.steps for c in s.comparisons)
+
+
+def test_best_of_n_and_greedy(tiny, task):
+    model, processor = tiny
+    image, question = task.get_image(), task.prompt_question()
+    best = search.best_of_n(model, processor, image, question, n=3,
+                            scorer=search.loglik_scorer(), force_tokens_per_stage=2)
+    (step,) = best.steps
+    assert step.stage == search.ANSWER and len(step.candidates) == 3
+    assert best.answer.text == step.best.text
+    plain = search.greedy(model, processor, image, question, force_tokens_per_stage=2)
+    reference = infer.generate_stages(model, processor, image, question, force_tokens_per_stage=2)
+    assert plain.answer.completion_ids == reference.completion_ids
+    assert all(len(s.candidates) == 1 and not s.comparisons for s in plain.steps)
+    with pytest.raises(ValueError, match="n must be"):
+        search.beam_search_stages(model, processor, image, question, n=0)
+
+
+def test_beam_search_on_a_model_that_writes_tags(tiny_cache, task):
+    torch.manual_seed(0)
+    model, processor = models.load(models.tiny("idefics3"), dtype="float32")
+    infer.memorise(model, processor, task.get_image(), task.prompt_question(), TRACE)
+    tree = search.beam_search_stages(model, processor, task.get_image(), task.prompt_question(),
+                                     n=3, scorer=search.loglik_scorer())
+    assert all(c.closed for s in tree.steps for c in s.candidates)
+    assert tree.answer.ok and tree.answer.final_answer == "2"
+    best = search.best_of_n(model, processor, task.get_image(), task.prompt_question(), n=2,
+                            scorer=search.loglik_scorer())
+    assert best.answer.final_answer == "2"
+
+
+# -----------------------------------------------------------------------------
+# the notebook exercise
+
+
+def test_check_length_normalised(capsys):
+    assert search.check_length_normalised(search.length_normalised_loglik)
+    assert not search.check_length_normalised(
+        lambda lp, alpha: sum(lp) / (len(lp) * alpha) if lp else float("-inf"))
+    assert "hint" in capsys.readouterr().out
+
+    def stub(logprobs, alpha):
+        raise NotImplementedError
+
+    assert not search.check_length_normalised(stub)
+    assert "not done yet" in capsys.readouterr().out
