@@ -37,21 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Subcommands with their own parsers get their arguments untouched (argparse's REMAINDER
+    # would not capture a leading option such as `generate --split ...`).
+    if argv[:1] == ["generate"]:
+        from cotlib import teacher
+
+        return teacher.generate_main(argv[1:]) or 0
+    if argv[:2] == ["teacher", "serve"]:
+        from cotlib import teacher_server
+
+        return teacher_server.main(argv[2:]) or 0
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return demo(args.run, n_tasks=args.tasks, family=args.family)
     if args.command == "doctor":
         print(env.report())
         return 0
-    if args.command == "teacher":
-        from cotlib import teacher_server
-
-        return teacher_server.main(args.rest) or 0
-    if args.command == "generate":
-        from cotlib import teacher
-
-        return teacher.generate_main(args.rest) or 0
-    return 2  # pragma: no cover
+    return 2  # `teacher` without `serve`: argparse has already explained the choices
 
 
 def demo(run: str = "demo", *, n_tasks: int = 6, family: str = "idefics3") -> int:

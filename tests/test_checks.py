@@ -45,3 +45,12 @@ def test_learner_exception_is_shown_not_raised(capsys):
 
     assert not checks.check_is_well_formed(buggy)
     assert "IndexError" in capsys.readouterr().out
+
+
+def test_conditioned_prompt_checker(capsys):
+    from cotlib import teacher
+
+    assert checks.check_conditioned_prompt(teacher.request_text)
+    assert not checks.check_conditioned_prompt(lambda q, a: f"Question: {q}\nAnswer: {a}")
+    out = capsys.readouterr().out
+    assert "all 4 cases pass" in out and "Standard answer" in out

@@ -58,3 +58,13 @@ def test_demo_writes_a_report(tmp_path, monkeypatch, tiny_cache, family):
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| task type |" in report and report.count("\n| ") >= 3
     assert os.path.exists(tmp_path / "demo" / "demo.json")
+
+
+def test_generate_and_teacher_help_reach_their_own_parsers(capsys):
+    for argv in (["generate", "--help"], ["teacher", "serve", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--split" in out or "--base-url" in out
+    assert "--rate-429" in out or "--port" in out

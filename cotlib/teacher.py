@@ -1,0 +1,1292 @@
+"""Generate four-stage traces with a teacher model through the official ``openai`` client.
+
+A teacher (GPT-4o in LLaVA-CoT; here any OpenAI-compatible server, including the local one in
+:mod:`cotlib.teacher_server`) receives the image, a fixed instruction and the question -- plus the
+standard answer in *answer-conditioned* mode -- and writes
+``<SUMMARY>…</SUMMARY> <CAPTION>…</CAPTION> <REASONING>…</REASONING> <CONCLUSION>…</CONCLUSION>``.
+
+This module holds, in one place:
+
+- the prompt (``TEACHER_INSTRUCTION``, :func:`build_messages`, :func:`request_text`) and its
+  inverse (:func:`parse_request_text`), shared with the local teacher and the tests;
+- prices and cost estimates (``PRICES``, :func:`estimate_cost`, :func:`estimate_run_cost`);
+- key handling that never shows the key (:func:`get_api_key`, :class:`Secret`, :func:`redact`);
+- :func:`generate_traces` (async) and :func:`run_generation` (sync, works inside Jupyter):
+  bounded concurrency, retries with backoff, a budget cap, crash-safe resumable JSONL output;
+- the OpenAI Batch API path (:func:`write_batch_file`, :func:`read_batch_output`).
+
+>>> from cotlib import synth
+>>> task = synth.make_task(0, "count_color")
+>>> messages = build_messages(task)
+>>> print(messages[1]["content"][1]["text"])
+Question: How many purple objects are there?
+Standard answer: 1
+>>> parse_request_text(messages[1]["content"][1]["text"]).mode
+'conditioned'
+
+Going big
+---------
+The same code drives three scales; only :class:`TeacherConfig` changes.
+
+1. **Local teacher** (offline, free): ``with LocalTeacher() as t:
+   TeacherConfig(model="cotlib-local-teacher", base_url=t.base_url)``.
+2. **Your own open model with vLLM** (one GPU, no per-token cost)::
+
+       pip install vllm
+       vllm serve Qwen/Qwen2.5-VL-7B-Instruct --max-model-len 8192 \\
+           --limit-mm-per-prompt '{"image": 1}'
+
+   then ``TeacherConfig(model="Qwen/Qwen2.5-VL-7B-Instruct", base_url="http://HOST:8000/v1",
+   concurrency=64)``. vLLM batches concurrent requests on the GPU, so raise ``concurrency``
+   (32-256) until throughput stops growing. No key is needed (a dummy one is sent) unless you
+   started vLLM with ``--api-key``; then export it and set ``api_key_env``. Add a price to
+   ``prices`` if you want a budget cap to mean GPU-hours.
+3. **OpenAI** (``base_url=None``, key in ``OPENAI_API_KEY``): live requests with
+   :func:`run_generation`, or, for thousands of tasks, the **Batch API** at half the price with a
+   24 h turnaround and its own, much higher rate limits::
+
+       write_batch_file(tasks, "runs/x/batch.jsonl", config)      # one request per line
+       from openai import OpenAI
+       client = OpenAI()
+       f = client.files.create(file=open("runs/x/batch.jsonl", "rb"), purpose="batch")
+       batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h")
+       # ... later (poll client.batches.retrieve(batch.id).status until "completed")
+       batch = client.batches.retrieve(batch.id)
+       client.files.content(batch.output_file_id).write_to_file("runs/x/batch_out.jsonl")
+       read_batch_output("runs/x/batch_out.jsonl", "runs/x/traces.jsonl")
+
+   A batch file holds at most 50,000 requests and 200 MB; split bigger runs. Failed requests
+   appear in the output (or in ``batch.error_file_id``) and become ``"failed"`` records, which a
+   later :func:`run_generation` on the same ``traces.jsonl`` retries live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email.utils
+import functools
+import getpass
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from cotlib import images, stages, synth
+
+log = logging.getLogger(__name__)
+
+MODES = ("conditioned", "blind")
+LOCAL_MODEL = "cotlib-local-teacher"
+
+# -----------------------------------------------------------------------------
+# the prompt (the one place where its wording lives)
+
+_FORMAT_RULES = """\
+You write careful step-by-step answers to questions about an image. Your answers are used to \
+teach a smaller model to reason in stages.
+
+Answer in exactly four sections, in this order, each wrapped in its tags, with nothing before, \
+between or after them except whitespace:
+<SUMMARY>...</SUMMARY> One or two sentences: how you will solve the question.
+<CAPTION>...</CAPTION> The parts of the image that matter for the question, described exactly.
+<REASONING>...</REASONING> Step-by-step logic from those facts to the answer.
+<CONCLUSION>...</CONCLUSION> The final answer only, as short as the question allows (for a \
+multiple-choice question, the option's letter).
+
+Write as someone who worked the answer out from the image: do not mention these instructions, \
+a standard answer or a hint."""
+
+_CONDITIONED_RULE = """
+
+You are also given the standard answer. Your CONCLUSION must state exactly that answer, in the \
+same form. If your first reading of the image disagrees with it, look again: the standard answer \
+is correct."""
+
+#: Instruction for answer-conditioned generation (LLaVA-CoT's recipe): the system message.
+TEACHER_INSTRUCTION = _FORMAT_RULES + _CONDITIONED_RULE
+#: Instruction for blind generation: the teacher gets the question only.
+BLIND_INSTRUCTION = _FORMAT_RULES
+
+
+def instruction(mode: str = "conditioned") -> str:
+    """The system instruction for ``mode`` ("conditioned" or "blind").
+
+    >>> instruction("blind") in TEACHER_INSTRUCTION
+    True
+    """
+    return TEACHER_INSTRUCTION if _check_mode(mode) == "conditioned" else BLIND_INSTRUCTION
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def standard_answer(task: synth.Task) -> str:
+    """The answer a teacher is conditioned on: the option letter for multiple choice, else the
+    answer text (the multiple-choice prompt asks for the letter).
+
+    >>> t = synth.make_task(7, "bar_value", multiple_choice=True)
+    >>> standard_answer(t) == t.answer_letter
+    True
+    """
+    return task.answer_letter if task.choices and task.answer_letter else task.answer
+
+
+def request_text(
+    question: str, answer: str | None = None, hint: str | None = None, mode: str = "conditioned"
+) -> str:
+    """The user text after the image: ``"Question: …\\nStandard answer: …"`` (conditioned) or just
+    the question (blind); an optional ``"\\nHint: …"`` line comes last.
+
+    >>> request_text("How many red objects are there?", "2")
+    'Question: How many red objects are there?\\nStandard answer: 2'
+    >>> request_text("How many red objects are there?", mode="blind")
+    'How many red objects are there?'
+    """
+    question = question.strip()
+    if not question:
+        raise ValueError("the question is empty")
+    if _check_mode(mode) == "conditioned":
+        if answer is None or not str(answer).strip():
+            raise ValueError("conditioned mode needs the standard answer (or use mode='blind')")
+        text = f"Question: {question}\nStandard answer: {str(answer).strip()}"
+    else:
+        text = question
+    if hint:
+        text += f"\nHint: {hint.strip()}"
+    return text
+
+
+@dataclass(frozen=True)
+class RequestText:
+    """What :func:`parse_request_text` recovers from the user text."""
+
+    question: str
+    answer: str | None
+    mode: str
+    hint: str | None = None
+
+
+_REQUEST_RE = re.compile(
+    r"^(?:Question:[ \t]*)?(?P<question>.*?)"
+    r"(?:\nStandard answer:[ \t]*(?P<answer>.*?))?"
+    r"(?:\nHint:[ \t]*(?P<hint>.*))?$",
+    re.DOTALL,
+)
+
+
+def parse_request_text(text: str) -> RequestText:
+    """Inverse of :func:`request_text`: question, standard answer (or None), mode and hint.
+
+    >>> r = parse_request_text(request_text("Is it red?\\nOptions: A. yes B. no", "A", "Look."))
+    >>> r.question, r.answer, r.mode, r.hint
+    ('Is it red?\\nOptions: A. yes B. no', 'A', 'conditioned', 'Look.')
+    """
+    m = _REQUEST_RE.match(text.strip())
+    assert m is not None  # every string matches (all parts are optional)
+    answer = m["answer"].strip() if m["answer"] is not None else None
+    hint = m["hint"].strip() if m["hint"] is not None else None
+    question = m["question"].strip()
+    if not question:
+        raise ValueError("the request has no question text")
+    return RequestText(question, answer or None, "conditioned" if answer else "blind", hint)
+
+
+def build_messages(
+    task_or_image: Any,
+    question: str | None = None,
+    *,
+    answer: str | None = None,
+    hint: str | None = None,
+    mode: str = "conditioned",
+) -> list[dict]:
+    """OpenAI chat messages for one request: the system instruction, then one user message with
+    the image (a base64 PNG data URL) followed by :func:`request_text`.
+
+    ``task_or_image`` is a :class:`cotlib.synth.Task` (question and standard answer default to
+    the task's) or any image :func:`cotlib.images.load_image` accepts, or a ``data:`` URL.
+
+    >>> from PIL import Image
+    >>> m = build_messages(Image.new("RGB", (8, 8)), "What is shown?", mode="blind")
+    >>> [part["type"] for part in m[1]["content"]], m[1]["content"][1]["text"]
+    (['image_url', 'text'], 'What is shown?')
+    """
+    _check_mode(mode)
+    if isinstance(task_or_image, synth.Task):
+        task = task_or_image
+        question = question if question is not None else task.prompt_question()
+        if answer is None and mode == "conditioned":
+            answer = standard_answer(task)
+        url = images.image_to_data_url(task.get_image())
+    else:
+        if question is None:
+            raise ValueError("pass the question (only a Task carries its own)")
+        url = _to_data_url(task_or_image)
+    text = request_text(question, answer if mode == "conditioned" else None, hint, mode)
+    return [
+        {"role": "system", "content": instruction(mode)},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": text},
+            ],
+        },
+    ]
+
+
+def _to_data_url(image: Any) -> str:
+    if isinstance(image, str) and image.startswith("data:"):
+        images.data_url_to_image(image)  # validate early, with a clear ImageError
+        return image
+    return images.image_to_data_url(image if _is_pil(image) else images.load_image(image))
+
+
+def _is_pil(obj: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(obj, Image.Image)
+
+
+def request_parts(messages: list[dict]) -> tuple[str, str]:
+    """(image URL, user text) from the last user message of an OpenAI chat request.
+
+    Raises ValueError with a message fit for a 400 response when there is no user message,
+    no image or no text.
+
+    >>> url, text = request_parts(build_messages(synth.make_task(1, "bar_max", False)))
+    >>> url[:22], text.splitlines()[0]
+    ('data:image/png;base64,', 'Question: Which color bar is the tallest?')
+    """
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not users:
+        raise ValueError("no message with role 'user'")
+    content = users[-1].get("content")
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    if not isinstance(parts, list):
+        raise ValueError("the user message 'content' must be a string or a list of parts")
+    urls, texts = [], []
+    for part in parts:
+        if not isinstance(part, dict):
+            raise ValueError("each content part must be an object with a 'type'")
+        if part.get("type") == "image_url":
+            image_url = part.get("image_url")
+            url = image_url.get("url") if isinstance(image_url, dict) else image_url
+            if not isinstance(url, str):
+                raise ValueError("an image_url part has no 'url' string")
+            urls.append(url)
+        elif part.get("type") == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+    if not urls:
+        raise ValueError("the last user message has no image (an image_url part is required)")
+    text = "\n".join(t for t in texts if t.strip())
+    if not text.strip():
+        raise ValueError("the last user message has no question text")
+    return urls[-1], text
+
+
+def request_key(question: str, image_data_url: str) -> str:
+    """A stable 16-hex-digit key for (question, image): the local teacher logs it with every
+    injected fault, and results records carry it, so the two can be joined.
+
+    >>> len(request_key("How many?", "data:image/png;base64,AAAA"))
+    16
+    """
+    digest = hashlib.sha256(question.strip().encode("utf-8"))
+    digest.update(b"\x00")
+    digest.update(image_data_url.strip().encode("ascii", errors="replace"))
+    return digest.hexdigest()[:16]
+
+
+def messages_key(messages: list[dict]) -> str:
+    """:func:`request_key` of a chat request built by :func:`build_messages`."""
+    url, text = request_parts(messages)
+    return request_key(parse_request_text(text).question, url)
+
+
+# -----------------------------------------------------------------------------
+# prices and cost
+
+#: USD per 1M (input, output) tokens, OpenAI list prices for standard (non-batch) requests.
+#: Check https://openai.com/api/pricing before a big run: prices change. The local teacher is free.
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    LOCAL_MODEL: (0.0, 0.0),
+}
+#: The Batch API costs half the live price.
+BATCH_DISCOUNT = 0.5
+
+
+def price_for(
+    model: str, prices: Mapping[str, tuple[float, float]] | None = None
+) -> tuple[float, float] | None:
+    """(input, output) USD per 1M tokens for ``model``: exact name, else the longest known prefix
+    (so dated snapshots like ``gpt-4o-2024-08-06`` match ``gpt-4o``); None when unknown.
+    ``prices`` entries override and extend ``PRICES``.
+
+    >>> price_for("gpt-4o-mini-2024-07-18"), price_for("my-model")
+    ((0.15, 0.6), None)
+    """
+    table = {**PRICES, **(prices or {})}
+    if model in table:
+        return tuple(table[model])  # type: ignore[return-value]
+    matches = [name for name in table if model.startswith(name)]
+    return tuple(table[max(matches, key=len)]) if matches else None  # type: ignore[return-value]
+
+
+def _usage_tokens(usage: Any) -> tuple[int, int]:
+    if usage is None:
+        return 0, 0
+    if isinstance(usage, Mapping):
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    return int(getattr(usage, "prompt_tokens", 0) or 0), int(
+        getattr(usage, "completion_tokens", 0) or 0
+    )
+
+
+def estimate_cost(
+    usage: Any, model: str, prices: Mapping[str, tuple[float, float]] | None = None
+) -> float:
+    """USD cost of one response's ``usage`` (a dict or the openai ``CompletionUsage``);
+    0.0 for a model with no known price.
+
+    >>> estimate_cost({"prompt_tokens": 1_000_000, "completion_tokens": 100_000}, "gpt-4o")
+    3.5
+    """
+    price = price_for(model, prices)
+    if price is None:
+        return 0.0
+    tokens_in, tokens_out = _usage_tokens(usage)
+    return (tokens_in * price[0] + tokens_out * price[1]) / 1e6
+
+
+def estimate_run_cost(
+    n_tasks: int,
+    model: str = "gpt-4o",
+    tokens_in_per_task: int = 550,
+    tokens_out_per_task: int = 250,
+    *,
+    batch: bool = False,
+    prices: Mapping[str, tuple[float, float]] | None = None,
+) -> float:
+    """What ``n_tasks`` requests would cost on ``model`` (USD). The defaults fit this course:
+    ~270 tokens of instruction and question, 255 for one image of up to 512 px at GPT-4o's
+    "high" detail (85 at "low"), ~250 tokens of trace. Use the ``usage`` your own run records.
+
+    >>> round(estimate_run_cost(1000, "gpt-4o"), 2), round(estimate_run_cost(1000, batch=True), 2)
+    (3.88, 1.94)
+    """
+    price = price_for(model, prices)
+    if price is None:
+        raise ValueError(f"no price for model {model!r}: pass prices={{{model!r}: (in, out)}}")
+    per_task = (tokens_in_per_task * price[0] + tokens_out_per_task * price[1]) / 1e6
+    return n_tasks * per_task * (BATCH_DISCOUNT if batch else 1.0)
+
+
+# -----------------------------------------------------------------------------
+# the API key: never printed, logged or stored
+
+
+class Secret:
+    """A string that hides itself: ``repr`` and ``str`` are masked; ``reveal()`` gives the value.
+
+    >>> s = Secret("sk-test-123456789")
+    >>> s, f"{s}", s.reveal()[:3]
+    (Secret('********'), '********', 'sk-')
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    def __str__(self) -> str:
+        return "********"
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self):  # pickling would write the key to disk
+        raise TypeError("a Secret cannot be pickled")
+
+
+_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}")
+
+
+def redact(text: str, secret: str | Secret | None = None) -> str:
+    """``text`` with every occurrence of ``secret`` -- and anything shaped like an OpenAI key
+    (``sk-`` followed by 16+ key characters) -- replaced by ``[REDACTED]``.
+
+    >>> redact("bad key sk-abc123def456ghi789 (x)", None)
+    'bad key [REDACTED] (x)'
+    >>> redact("token=hunter2hunter2", Secret("hunter2hunter2"))
+    'token=[REDACTED]'
+    """
+    text = str(text)
+    value = secret.reveal() if isinstance(secret, Secret) else secret
+    if value and len(value) >= 4:
+        text = text.replace(value, "[REDACTED]")
+    return _KEY_LIKE.sub("[REDACTED]", text)
+
+
+#: Sent to servers that need no key (the local teacher, a vLLM started without --api-key).
+DUMMY_KEY = "EMPTY"
+
+
+def is_openai_url(base_url: str | None) -> bool:
+    """True for OpenAI's own API (``base_url=None`` means OpenAI).
+
+    >>> is_openai_url(None), is_openai_url("http://127.0.0.1:8000/v1")
+    (True, False)
+    """
+    if base_url is None:
+        return True
+    host = (urlparse(base_url).hostname or "").lower()
+    return host == "openai.com" or host.endswith(".openai.com")
+
+
+def get_api_key(
+    env_var: str = "OPENAI_API_KEY", *, prompt: bool = False, base_url: str | None = None
+) -> Secret:
+    """The API key as a :class:`Secret`: from ``env_var``; else typed in with ``getpass`` when
+    ``prompt=True`` (nothing is echoed or saved); else, for a non-OpenAI ``base_url`` (local
+    teacher, vLLM), a dummy key. Raises RuntimeError (without any key in it) otherwise.
+
+    >>> get_api_key("COTLIB_NO_SUCH_VAR", base_url="http://127.0.0.1:8765/v1").reveal()
+    'EMPTY'
+    """
+    value = os.environ.get(env_var, "").strip()
+    if value:
+        return Secret(value)
+    if prompt:
+        value = getpass.getpass(f"{env_var} (input hidden, not saved): ").strip()
+        if value:
+            return Secret(value)
+    if not is_openai_url(base_url):
+        return Secret(DUMMY_KEY)
+    raise RuntimeError(
+        f"no API key: set the environment variable {env_var} (e.g. in a Colab secret), "
+        "pass prompt=True to type it in, or use the local teacher (base_url=...)"
+    )
+
+
+class TeacherError(RuntimeError):
+    """A teacher call failed; the message is redacted and safe to show."""
+
+
+def check_teacher(config: TeacherConfig) -> list[str]:
+    """Ask the teacher which models it serves (a cheap connection and key check).
+
+    Raises :class:`TeacherError` with a redacted message and no chained exception.
+    """
+    import openai
+
+    key = get_api_key(config.api_key_env, prompt=config.prompt_for_key, base_url=config.base_url)
+    message = None
+    try:
+        with openai.OpenAI(
+            base_url=config.base_url, api_key=key.reveal(), max_retries=0, timeout=config.timeout_s
+        ) as client:
+            return [m.id for m in client.models.list()]
+    except openai.OpenAIError as err:
+        message = redact(f"{type(err).__name__}: {err}", key)
+    raise TeacherError(f"teacher at {config.base_url or 'api.openai.com'} failed: {message}")
+
+
+# -----------------------------------------------------------------------------
+# configuration, results records and the run summary
+
+
+@dataclass
+class TeacherConfig:
+    """How to call the teacher. Holds no key: only the *name* of the variable that holds it.
+
+    >>> TeacherConfig(model="cotlib-local-teacher", base_url="http://127.0.0.1:8765/v1").mode
+    'conditioned'
+    """
+
+    model: str = "gpt-4o"
+    base_url: str | None = None  # None = OpenAI; e.g. "http://127.0.0.1:8765/v1" or a vLLM server
+    api_key_env: str = "OPENAI_API_KEY"
+    prompt_for_key: bool = False  # getpass when the variable is not set
+    mode: str = "conditioned"  # or "blind"
+    concurrency: int = 8  # requests in flight at once
+    max_retries: int = 4  # retries after the first attempt (429, 5xx, timeouts, connection)
+    timeout_s: float = 60.0  # per attempt, whole request
+    backoff_base_s: float = 0.5  # full jitter: sleep uniform(0, min(max, base * 2**retry))
+    backoff_max_s: float = 30.0  # also caps a server's Retry-After
+    temperature: float | None = None  # None = the server's default
+    max_tokens: int | None = 1024
+    budget_usd: float | None = None  # cap on the total cost recorded in the output file
+    prices: dict[str, tuple[float, float]] | None = None  # overrides/extends PRICES
+    fsync_interval_s: float = 1.0  # 0 = fsync after every line (see ResultsWriter)
+
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+
+
+@dataclass
+class RunSummary:
+    """What one :func:`generate_traces` run did. ``done + failed + skipped + not_started`` equals
+    the number of tasks given; tokens and cost count this run only."""
+
+    out_path: str = ""
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0  # already "done" in the file before this run
+    not_started: int = 0  # left for a later run (budget reached or stopped)
+    failures: dict[str, int] = field(default_factory=dict)  # reason -> count
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    attempts: int = 0
+    seconds: float = 0.0
+    stopped_by_budget: bool = False
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.done} done, {self.failed} failed, {self.skipped} skipped, "
+            f"{self.not_started} not started of {self.total} tasks in {self.seconds:.1f} s; "
+            f"{self.prompt_tokens + self.completion_tokens:,} tokens, ${self.cost_usd:.4f}"
+        )
+        if self.failures:
+            text += "; failures: " + ", ".join(f"{k} {v}" for k, v in self.failures.items())
+        if self.stopped_by_budget:
+            text += "; stopped by the budget cap (rerun with a bigger budget_usd to continue)"
+        return text
+
+
+def make_record(
+    task_id: str,
+    text: str = "",
+    *,
+    model: str,
+    mode: str,
+    status: str = "done",
+    usage: Any = None,
+    cost_usd: float = 0.0,
+    attempts: int = 1,
+    failure: str | None = None,
+    seconds: float = 0.0,
+    request_key: str | None = None,
+    finish_reason: str | None = None,
+) -> dict:
+    """One results line. ``stages``/``problems``/``final_answer`` come from :mod:`cotlib.stages`.
+
+    >>> r = make_record("t1", stages.render("s", "c", "r", "4"), model="m", mode="blind")
+    >>> r["final_answer"], r["problems"], r["status"]
+    ('4', [], 'done')
+    """
+    parsed = stages.parse(text)
+    tokens_in, tokens_out = _usage_tokens(usage)
+    return {
+        "task_id": task_id,
+        "status": status,
+        "model": model,
+        "mode": mode,
+        "text": text,
+        "stages": parsed.stages if text else {},
+        "problems": [p.kind for p in parsed.problems] if text else [],
+        "final_answer": stages.final_answer(text) if text else "",
+        "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out},
+        "cost_usd": round(cost_usd, 8),
+        "attempts": attempts,
+        "failure": failure,
+        "seconds": round(seconds, 3),
+        "created": int(time.time()),
+        "request_key": request_key,
+        "finish_reason": finish_reason,
+    }
+
+
+# -----------------------------------------------------------------------------
+# crash-safe JSONL results
+
+
+def repair_results(path: str | Path) -> int:
+    """Cut a torn last line (no trailing newline: a write interrupted by a crash) off the file.
+    Returns the number of bytes removed.
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "r.jsonl"
+    >>> _ = p.write_text('{"task_id": "a"}\\n{"task_id": "b", "te')
+    >>> repair_results(p), p.read_text()
+    (20, '{"task_id": "a"}\\n')
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        end = size
+        while end > 0:  # scan backwards for the last newline, 64 KiB at a time
+            start = max(0, end - 65536)
+            f.seek(start)
+            block = f.read(end - start)
+            if start + len(block) == size and block.endswith(b"\n"):
+                return 0
+            i = block.rfind(b"\n")
+            if i >= 0:
+                keep = start + i + 1
+                break
+            end = start
+        else:
+            keep = 0
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("%s: removed a torn last line (%d bytes)", path, size - keep)
+    return size - keep
+
+
+def load_results(path: str | Path) -> dict[str, dict]:
+    """``{task_id: record}`` from a results file, keeping the LAST record of each task (a retried
+    task's new record supersedes the old one). A torn final line (no newline, e.g. after a crash)
+    and unreadable lines are ignored.
+
+    >>> load_results("no/such/file.jsonl")
+    {}
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1].strip():
+        log.warning("%s: ignoring a torn last line (%d bytes)", path, len(lines[-1]))
+    records: dict[str, dict] = {}
+    bad = 0
+    for line in lines[:-1]:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records[str(record["task_id"])] = record
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+    if bad:
+        log.warning("%s: skipped %d unreadable lines", path, bad)
+    return records
+
+
+def compact_results(path: str | Path) -> int:
+    """Rewrite the file with exactly one line per task (the last record of each), atomically:
+    a temporary file in the same folder, fsync, ``os.replace``. Returns the number of lines.
+    """
+    path = Path(path)
+    records = load_results(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        for record in records.values():
+            f.write(_encode(record))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return len(records)
+
+
+def _encode(record: dict) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class ResultsWriter:
+    """Append-only JSONL writer, safe against crashes.
+
+    Each record is encoded first and written with ONE ``os.write`` on a file opened with
+    ``O_APPEND``, so a killed process leaves whole lines plus at most one torn last line, which
+    :func:`repair_results` cuts off when the file is opened again. Once ``os.write`` returns, the
+    line survives the process being killed (the kernel holds it). ``fsync`` -- needed only to
+    survive a power cut or OS crash -- costs milliseconds, so it runs at most every
+    ``fsync_interval_s`` seconds (0 = after every line) and on close: a power cut loses at most
+    that last interval of lines, which a rerun regenerates. An exclusive ``flock`` stops two runs
+    from writing the same file.
+    """
+
+    def __init__(self, path: str | Path, fsync_interval_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fsync_interval_s = fsync_interval_s
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            _lock(self._fd, self.path)
+            repair_results(self.path)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._last_sync = time.monotonic()
+        self._dirty = False
+
+    def write(self, record: dict) -> None:
+        data = _encode(record)
+        view = memoryview(data)
+        while view:  # a regular file takes it all in one call; loop only for robustness
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self._dirty = True
+        if time.monotonic() - self._last_sync >= self.fsync_interval_s:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._dirty:
+            os.fsync(self._fd)
+            self._dirty = False
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            try:
+                self.sync()
+            finally:
+                os.close(self._fd)  # also releases the lock
+                self._fd = -1
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lock(fd: int, path: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory lock
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RuntimeError(f"{path} is being written by another generation run") from None
+
+
+# -----------------------------------------------------------------------------
+# tasks in, requests out
+
+
+@dataclass
+class _Job:
+    task_id: str
+    task: Any  # a synth.Task, or a dict with id / image / question / answer
+
+    def messages(self, mode: str, image_root: str | Path | None) -> list[dict]:
+        if isinstance(self.task, synth.Task):
+            return build_messages(self.task, mode=mode)
+        rec = self.task
+        image = rec["image"]
+        if isinstance(image, (str, Path)) and not str(image).startswith("data:"):
+            image = Path(image_root) / image if image_root is not None else Path(image)
+        question = rec.get("prompt") or rec["question"]
+        answer = rec.get("answer_letter") if rec.get("choices") else None
+        return build_messages(image, question, answer=answer or rec.get("answer"), mode=mode)
+
+
+def _jobs(tasks: Iterable[Any], image_root: str | Path | None) -> list[_Job]:
+    """Accept synth.Task objects, task records (with a scene) or plain dicts
+    ``{"id", "image", "question", "answer"}`` (e.g. your own data)."""
+    jobs, seen = [], set()
+    for task in tasks:
+        if isinstance(task, Mapping) and "scene" in task:
+            task = synth.Task.from_record(dict(task), image_root)
+        if isinstance(task, synth.Task):
+            task_id = task.id
+        elif isinstance(task, Mapping) and {"id", "image", "question"} <= set(task):
+            task_id = str(task["id"])
+        else:
+            raise TypeError(
+                "tasks must be synth.Task objects or dicts with 'id', 'image' and 'question', "
+                f"got {type(task).__name__}"
+            )
+        if task_id in seen:
+            raise ValueError(f"duplicate task id {task_id!r}: ids must be unique")
+        seen.add(task_id)
+        jobs.append(_Job(task_id, task))
+    return jobs
+
+
+# -----------------------------------------------------------------------------
+# errors: which are worth retrying
+
+
+def classify_error(err: BaseException) -> tuple[str, bool]:
+    """(failure reason, retryable?) for an exception raised by a teacher call.
+
+    >>> classify_error(TimeoutError())
+    ('timeout', True)
+    """
+    import openai
+
+    if isinstance(err, (openai.APITimeoutError, TimeoutError, asyncio.TimeoutError)):
+        return "timeout", True
+    if isinstance(err, openai.APIConnectionError):
+        return "connection", True
+    if isinstance(err, openai.APIStatusError):
+        status = err.status_code
+        if status == 429:
+            if getattr(err, "code", None) == "insufficient_quota":
+                return "quota", False  # out of credit: waiting won't help
+            return "rate_limit", True
+        if status >= 500:
+            return "server_error", True
+        if status in (408, 409):
+            return f"http_{status}", True
+        names = {400: "bad_request", 401: "auth", 403: "permission", 404: "not_found",
+                 413: "too_large", 422: "unprocessable"}
+        return names.get(status, f"http_{status}"), False
+    if isinstance(err, (images.ImageError, OSError)):
+        return "image_error", False
+    if isinstance(err, ValueError):
+        return "bad_task", False
+    return "error", False
+
+
+def retry_after_s(err: BaseException) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` or ``retry-after`` header)."""
+    response = getattr(err, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    try:
+        if headers.get("retry-after-ms"):
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def backoff_s(
+    retry: int, config: TeacherConfig, rng: random.Random, after: float | None = None
+) -> float:
+    """Delay before retry number ``retry`` (1, 2, ...): the server's Retry-After when given, else
+    "full jitter" ``uniform(0, min(max, base * 2**(retry-1)))``; both capped at ``backoff_max_s``.
+
+    >>> backoff_s(3, TeacherConfig(), random.Random(0), after=0.25)
+    0.25
+    """
+    if after is not None:
+        return min(after, config.backoff_max_s)
+    return rng.uniform(0, min(config.backoff_max_s, config.backoff_base_s * 2 ** (retry - 1)))
+
+
+# -----------------------------------------------------------------------------
+# generation
+
+
+async def _with_deadline(make_call: Callable[[], Awaitable[Any]], seconds: float) -> Any:
+    """Await ``make_call()`` with a whole-request time limit. ``asyncio.timeout`` (3.11+) runs
+    in the same task; ``wait_for`` (3.10) adds a task per request."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await make_call()
+    return await asyncio.wait_for(make_call(), seconds)
+
+
+async def call_with_retries(
+    client: Any, request: dict, config: TeacherConfig, rng: random.Random
+) -> tuple[Any, int, tuple[str, BaseException] | None]:
+    """One chat completion with our own retries (the client's are off, so attempts can be
+    counted): ``(response, attempts, None)`` or ``(None, attempts, (reason, error))``."""
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            call = functools.partial(client.chat.completions.create, **request)
+            return await _with_deadline(call, config.timeout_s), attempts, None
+        except Exception as err:
+            reason, retryable = classify_error(err)
+            if not retryable or attempts > config.max_retries:
+                return None, attempts, (reason, err)
+            delay = backoff_s(attempts, config, rng, retry_after_s(err))
+            log.debug("%s (attempt %d): retrying in %.2f s", reason, attempts, delay)
+            await asyncio.sleep(delay)
+
+
+def _request(messages: list[dict], config: TeacherConfig) -> dict:
+    """The chat.completions.create arguments (also the Batch API request body)."""
+    request: dict[str, Any] = {"model": config.model, "messages": messages}
+    if config.temperature is not None:
+        request["temperature"] = config.temperature
+    if config.max_tokens is not None:
+        request["max_tokens"] = config.max_tokens
+    return request
+
+
+async def generate_traces(
+    tasks: Iterable[Any],
+    out_path: str | Path,
+    config: TeacherConfig | None = None,
+    *,
+    image_root: str | Path | None = None,
+    progress: bool = True,
+    stop: threading.Event | None = None,
+) -> RunSummary:
+    """Ask the teacher for a trace per task and append one JSON line per task to ``out_path``.
+
+    Resumable: tasks with a ``"done"`` record in ``out_path`` are skipped; ``"failed"`` ones are
+    tried again and their new record supersedes the old. At most ``config.concurrency`` requests
+    are in flight. 429s, 5xx, timeouts and connection errors are retried up to
+    ``config.max_retries`` times with exponential backoff and full jitter (a ``Retry-After`` is
+    honoured); other errors fail the task at once with a reason. With ``budget_usd`` set, no new
+    request starts once the cost recorded in the file reaches it: requests in flight finish and
+    are written, the rest are left for a rerun with a bigger budget (so the cap can be overshot
+    by up to ``concurrency`` requests). Setting ``stop`` (a ``threading.Event``) stops the same
+    way. At the end the file is compacted to exactly one line per task.
+
+    Records: ``task_id, status ("done"|"failed"), model, mode, text, stages, problems (kinds),
+    final_answer, usage, cost_usd, attempts, failure, seconds, created, request_key,
+    finish_reason``. ``tasks`` are :class:`cotlib.synth.Task` objects, task records, or dicts
+    ``{"id", "image", "question", "answer"}`` (image paths relative to ``image_root``).
+    """
+    import openai
+    from tqdm.auto import tqdm
+
+    config = config or TeacherConfig()
+    started = time.perf_counter()
+    jobs = _jobs(tasks, image_root)
+    if config.budget_usd is not None and price_for(config.model, config.prices) is None:
+        raise ValueError(
+            f"budget_usd is set but model {config.model!r} has no price: "
+            f"pass prices={{{config.model!r}: (usd_per_1M_in, usd_per_1M_out)}}"
+        )
+    key = get_api_key(config.api_key_env, prompt=config.prompt_for_key, base_url=config.base_url)
+    summary = RunSummary(out_path=str(out_path), total=len(jobs))
+    failures: Counter[str] = Counter()
+    rng = random.Random()
+
+    with ResultsWriter(out_path, config.fsync_interval_s) as writer:
+        existing = load_results(out_path)
+        spent = sum(float(r.get("cost_usd") or 0.0) for r in existing.values())
+        pending = [j for j in jobs if existing.get(j.task_id, {}).get("status") != "done"]
+        summary.skipped = len(jobs) - len(pending)
+        client = openai.AsyncOpenAI(
+            base_url=config.base_url, api_key=key.reveal(), max_retries=0, timeout=config.timeout_s
+        )
+        bar = tqdm(total=len(pending), desc="teacher", unit="task", disable=not progress)
+
+        def finish(record: dict, reason: str | None) -> None:
+            nonlocal spent
+            writer.write(record)
+            spent += record["cost_usd"]
+            summary.attempts += record["attempts"]
+            if reason is None:
+                summary.done += 1
+                summary.prompt_tokens += record["usage"]["prompt_tokens"]
+                summary.completion_tokens += record["usage"]["completion_tokens"]
+                summary.cost_usd += record["cost_usd"]
+            else:
+                summary.failed += 1
+                failures[reason] += 1
+            bar.update(1)
+            bar.set_postfix(done=summary.done, failed=summary.failed,
+                            cost=f"${summary.cost_usd:.4f}", refresh=False)
+
+        async def run_one(job: _Job) -> None:
+            t0 = time.perf_counter()
+            common = {"model": config.model, "mode": config.mode}
+            try:  # loading and PNG-encoding an image can take a while: keep it off the loop
+                messages = await asyncio.to_thread(job.messages, config.mode, image_root)
+            except Exception as err:  # an unreadable image fails this task only
+                reason, _ = classify_error(err)
+                return finish(make_record(
+                    job.task_id, status="failed", attempts=0, **common,
+                    failure=f"{reason}: {redact(err, key)}"[:500],
+                    seconds=time.perf_counter() - t0), reason)
+            rkey = messages_key(messages)
+            response, attempts, error = await call_with_retries(
+                client, _request(messages, config), config, rng)
+            seconds = time.perf_counter() - t0
+            if error is not None:
+                reason, err = error
+                detail = redact(f"{type(err).__name__}: {err}", key)
+                note = f" after {attempts} attempts" if attempts > 1 else ""
+                return finish(make_record(
+                    job.task_id, status="failed", attempts=attempts, seconds=seconds,
+                    failure=f"{reason}{note}: {detail}"[:500], request_key=rkey, **common), reason)
+            choice = response.choices[0] if response.choices else None
+            message = choice.message if choice is not None else None
+            text = (message.content or getattr(message, "refusal", None) or "") if message else ""
+            finish(make_record(
+                job.task_id, text, model=response.model or config.model, mode=config.mode,
+                usage=response.usage, cost_usd=estimate_cost(response.usage, config.model,
+                                                             config.prices),
+                attempts=attempts, seconds=seconds, request_key=rkey,
+                finish_reason=choice.finish_reason if choice is not None else None), None)
+
+        semaphore = asyncio.Semaphore(config.concurrency)
+        in_flight: set[asyncio.Task] = set()
+        launched = 0
+        try:
+            for job in pending:
+                await semaphore.acquire()  # wait for a free slot
+                over_budget = config.budget_usd is not None and spent >= config.budget_usd
+                if over_budget or (stop is not None and stop.is_set()):
+                    summary.stopped_by_budget = over_budget
+                    semaphore.release()
+                    break
+                task = asyncio.create_task(run_one(job))
+                launched += 1
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(lambda _: semaphore.release())
+            if in_flight:
+                await asyncio.gather(*in_flight)
+        finally:  # on an error or cancellation: stop what is in flight, keep what was written
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            bar.close()
+            await client.close()
+        summary.not_started = len(pending) - launched
+        writer.sync()
+        compact_results(out_path)
+
+    summary.failures = dict(failures.most_common())
+    summary.cost_usd = round(summary.cost_usd, 8)
+    summary.seconds = round(time.perf_counter() - started, 3)
+    log.info("%s: %s", out_path, summary)
+    return summary
+
+
+def run_generation(
+    tasks: Iterable[Any],
+    out_path: str | Path,
+    config: TeacherConfig | None = None,
+    **kwargs: Any,
+) -> RunSummary:
+    """Blocking :func:`generate_traces`, for scripts AND notebooks.
+
+    In a plain script it uses ``asyncio.run``. Inside Jupyter (where an event loop is already
+    running and ``asyncio.run`` refuses to start) it runs the coroutine on its own loop in a
+    worker thread and waits. Interrupting the kernel stops launching requests, lets the ones in
+    flight finish and be written, then re-raises ``KeyboardInterrupt``; rerun to resume.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(generate_traces(tasks, out_path, config, **kwargs))
+    stop = kwargs.pop("stop", None) or threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="cotlib-teacher") as pool:
+        future = pool.submit(
+            asyncio.run, generate_traces(tasks, out_path, config, stop=stop, **kwargs)
+        )
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            stop.set()
+            future.result()
+            raise
+
+
+# -----------------------------------------------------------------------------
+# OpenAI Batch API
+
+
+BATCH_URL = "/v1/chat/completions"
+BATCH_MAX_REQUESTS = 50_000
+BATCH_MAX_BYTES = 200 * 1024 * 1024
+
+
+def batch_request(task: Any, config: TeacherConfig, image_root: str | Path | None = None) -> dict:
+    """One Batch API request line (as a dict) for ``task``."""
+    (job,) = _jobs([task], image_root)
+    body = _request(job.messages(config.mode, image_root), config)
+    return {"custom_id": job.task_id, "method": "POST", "url": BATCH_URL, "body": body}
+
+
+def write_batch_file(
+    tasks: Iterable[Any],
+    path: str | Path,
+    config: TeacherConfig | None = None,
+    *,
+    image_root: str | Path | None = None,
+) -> int:
+    """Write an OpenAI Batch API input file: one ``{"custom_id": task id, "method": "POST",
+    "url": "/v1/chat/completions", "body": {...}}`` per line. Returns the number of requests.
+
+    Raises ValueError beyond the Batch API limits (50,000 requests, 200 MB): split the tasks.
+    See the module docstring for uploading it and :func:`read_batch_output` for the result.
+    """
+    config = config or TeacherConfig()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = size = 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        for task in tasks:
+            line = _encode(batch_request(task, config, image_root))
+            n += 1
+            size += len(line)
+            if n > BATCH_MAX_REQUESTS or size > BATCH_MAX_BYTES:
+                f.close()
+                tmp.unlink()
+                raise ValueError("a batch file holds at most 50,000 requests and 200 MB: "
+                                 "split the tasks into several batches")
+            f.write(line)
+    os.replace(tmp, path)
+    return n
+
+
+def read_batch_output(
+    path: str | Path,
+    out_path: str | Path,
+    *,
+    mode: str = "conditioned",
+    prices: Mapping[str, tuple[float, float]] | None = None,
+) -> RunSummary:
+    """Convert a downloaded Batch API output file into results records appended to ``out_path``
+    (then compacted: one line per task). Cost uses the batch discount.
+
+    Each output line is ``{"id", "custom_id", "response": {"status_code", "request_id",
+    "body": <chat.completion>} | null, "error": {"code", "message"} | null}``. A non-200
+    status or an ``error`` becomes a ``"failed"`` record with the reason, which a live
+    :func:`run_generation` over the same file retries.
+    """
+    _check_mode(mode)
+    started = time.perf_counter()
+    summary = RunSummary(out_path=str(out_path))
+    failures: Counter[str] = Counter()
+    with ResultsWriter(out_path, fsync_interval_s=1.0) as writer, open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            summary.total += 1
+            summary.attempts += 1
+            task_id = str(item["custom_id"])
+            response = item.get("response") or {}
+            body = response.get("body") or {}
+            model = body.get("model") or "unknown"
+            status = response.get("status_code")
+            error = item.get("error") or (body.get("error") if status != 200 else None)
+            if error or status != 200:
+                err = error or {}
+                reason = "batch_error" if item.get("error") else _http_reason(status)
+                message = err.get("message") or f"status {status}"
+                failure = f"{reason}: {err.get('code') or status}: {redact(message)}"[:500]
+                writer.write(make_record(task_id, model=model, mode=mode, status="failed",
+                                         failure=failure))
+                summary.failed += 1
+                failures[reason] += 1
+                continue
+            choice = (body.get("choices") or [{}])[0]
+            message = choice.get("message") or {}
+            text = message.get("content") or message.get("refusal") or ""
+            usage = body.get("usage") or {}
+            cost = estimate_cost(usage, model, prices) * BATCH_DISCOUNT
+            record = make_record(task_id, text, model=model, mode=mode, usage=usage,
+                                 cost_usd=cost, finish_reason=choice.get("finish_reason"))
+            writer.write(record)
+            summary.done += 1
+            summary.prompt_tokens += record["usage"]["prompt_tokens"]
+            summary.completion_tokens += record["usage"]["completion_tokens"]
+            summary.cost_usd += cost
+        writer.sync()
+        compact_results(out_path)
+    summary.failures = dict(failures.most_common())
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _http_reason(status: Any) -> str:
+    names = {400: "bad_request", 401: "auth", 429: "rate_limit"}
+    if isinstance(status, int) and status >= 500:
+        return "server_error"
+    return names.get(status, f"http_{status}")
+
+
+# -----------------------------------------------------------------------------
+# command line: cotlib generate ...
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cotlib generate", description="Generate four-stage traces with a teacher."
+    )
+    p.add_argument("--split", required=True, help="task folder, e.g. data/tasks/train")
+    p.add_argument("--out", required=True, help="results JSONL, e.g. runs/x/traces.jsonl")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: OpenAI)")
+    p.add_argument("--model", default="gpt-4o")
+    p.add_argument("--mode", default="conditioned", choices=MODES)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--max-retries", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt")
+    p.add_argument("--budget", type=float, default=None, help="stop launching at this USD total")
+    p.add_argument("--limit", type=int, default=None, help="only the first N tasks")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    p.add_argument("--prompt-key", action="store_true", help="type the key in if not set")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def generate_main(argv: list[str] | None = None) -> int:
+    """``cotlib generate --split data/tasks/train --out runs/x/traces.jsonl [--base-url ...]``.
+    Exit status 0 when every task is done, 1 otherwise (rerun to retry / continue)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    tasks = synth.load_split(args.split)[: args.limit]
+    config = TeacherConfig(
+        model=args.model, base_url=args.base_url, api_key_env=args.api_key_env,
+        prompt_for_key=args.prompt_key, mode=args.mode, concurrency=args.concurrency,
+        max_retries=args.max_retries, timeout_s=args.timeout, budget_usd=args.budget,
+    )
+    summary = run_generation(tasks, args.out, config, progress=not args.no_progress)
+    print(summary)
+    print(json.dumps(asdict(summary)))
+    return 0 if summary.done + summary.skipped == summary.total else 1
+
+
+if __name__ == "__main__":
+    sys.exit(generate_main())
