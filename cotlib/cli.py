@@ -1,4 +1,4 @@
-"""Command line: ``cotlib demo | doctor | teacher serve | generate``.
+"""Command line: ``cotlib demo | doctor | teacher serve | generate | train``.
 
 >>> from cotlib.cli import build_parser
 >>> build_parser().parse_args(["demo", "--tasks", "2"]).tasks
@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("action", choices=("serve",))
     teacher.add_argument("rest", nargs=argparse.REMAINDER)
 
-    generate = sub.add_parser("generate", help="generate four-stage traces with a teacher")
-    generate.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("generate", help="generate four-stage traces with a teacher (see --help)")
+    sub.add_parser("train", help="LoRA fine-tuning with TRL's SFTTrainer (see --help)")
     return parser
 
 
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         from cotlib import teacher
 
         return teacher.generate_main(argv[1:]) or 0
+    if argv[:1] == ["train"]:
+        from cotlib import train
+
+        return train.main(argv[1:]) or 0
     if argv[:2] == ["teacher", "serve"]:
         from cotlib import teacher_server
 

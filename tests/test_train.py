@@ -1,0 +1,466 @@
+"""LoRA SFT with TRL: targets, masking in a real collated batch, the tiny run, save/load/merge,
+resume, bad input, memory estimate and presets, and a 2-process accelerate run on CPU."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from cotlib import env, models, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matrices train far faster on one thread (and the other core stays free)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def traces():
+    """The shipped training split as four-stage traces (rendered from the tasks' own solver)."""
+    return train.synthetic_traces()
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+# --------------------------------------------------------------------------------------------
+# Which modules LoRA adapts
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_lm_targets_are_exactly_the_language_model_projections(family, tiny_cache):
+    model, _ = models.load(models.tiny(family))
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    language = train.FAMILY_PARTS[family]["language"] + "."
+    expected = [n for n in linear if n.startswith(language)
+                and n.rsplit(".", 1)[-1] in train.LM_PROJECTIONS]
+    assert train.lora_targets(model) == expected
+    assert len(expected) == 7 * model.config.get_text_config().num_hidden_layers
+    vision = train.FAMILY_PARTS[family]["vision"] + "."
+    with_vision = train.lora_targets(model, adapt_vision=True)
+    added = set(with_vision) - set(expected)
+    assert added and all(n.startswith(vision) for n in added)
+    assert "lm_head" not in with_vision
+    assert train.family_of(model) == family
+
+
+def test_lm_regex_on_real_architectures_built_on_meta():
+    """Module names of the real SmolVLM-256M and Qwen2-VL layouts (no weights allocated)."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
+
+    smol = Idefics3Config(
+        text_config=dict(model_type="llama", hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         vocab_size=49280),
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                           num_attention_heads=12, image_size=512, patch_size=16),
+        scale_factor=4)
+    with torch.device("meta"):
+        for model in (Idefics3ForConditionalGeneration(smol),
+                      Qwen2VLForConditionalGeneration(Qwen2VLConfig())):
+            targets = train.lora_targets(model)
+            layers = model.config.get_text_config().num_hidden_layers
+            assert len(targets) == 7 * layers
+            assert all(("text_model" in t) or ("language_model" in t) for t in targets)
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe: config, masking in a real batch, frozen vision tower
+# --------------------------------------------------------------------------------------------
+
+
+def test_sft_config_overrides_trl_defaults_by_hardware(tmp_path):
+    settings = train.TrainSettings(output_dir=str(tmp_path))
+    cpu = train.Resolved("cpu", "cpu", "float32", 8, 1, None, None, False, "", False, 36)
+    cfg = train.sft_config(settings, cpu)
+    assert (cfg.bf16, cfg.fp16) == (False, False)  # TRL's default bf16=True would fail here
+    assert cfg.max_length is None and cfg.completion_only_loss is True
+    assert not cfg.packing and not cfg.padding_free and not cfg.gradient_checkpointing
+    t4 = train.Resolved("t4-16gb", "cuda", "float16", 8, 2, 1024, True, True, "", False, 320)
+    cfg = train.sft_config(settings, t4)
+    assert (cfg.bf16, cfg.fp16) == (False, True)
+    # Language-model-only checkpointing is applied by build_trainer, not by the Trainer.
+    assert not cfg.gradient_checkpointing
+    assert train.sft_config(replace_adapt(settings), t4).gradient_checkpointing
+    assert train.precision_flags("bfloat16") == {"bf16": True, "fp16": False}
+
+
+def replace_adapt(settings):
+    from dataclasses import replace
+
+    return replace(settings, adapt_vision=True)
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_completion_only_loss_masks_prompt_and_image_tokens(family, traces, tiny_cache, tmp_path):
+    prep = train.build_trainer(traces.select(range(6)), model=f"tiny-{family}",
+                               output_dir=str(tmp_path), batch_size=3, verbose=False)
+    batch = next(iter(prep.trainer.get_train_dataloader()))  # TRL's collator, real rows
+    tok = prep.processor.tokenizer
+    image_id = prep.processor.image_token_id if hasattr(prep.processor, "image_token_id") \
+        else tok.convert_tokens_to_ids(prep.processor.image_token)
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    assert (ids == image_id).sum() == 3 * prep.resolved.image_tokens > 0
+    assert (labels[ids == image_id] == -100).all()
+    assert (labels[mask == 0] == -100).all()
+    completions = {row["completion"][0]["content"][0]["text"].strip() for row in traces}
+    for row_ids, row_labels in zip(ids, labels):
+        trained = (row_labels != -100).nonzero().flatten()
+        first = int(trained[0])
+        # one contiguous trained span, after everything the prompt holds
+        assert trained.tolist() == list(range(first, int(trained[-1]) + 1))
+        assert (row_ids[:first] == image_id).any()
+        text = tok.decode(row_ids[trained])
+        assert text.strip().startswith("<SUMMARY>") and tok.eos_token in text
+        assert text.replace(tok.eos_token, "").strip() in completions
+
+
+def _vision_output_requires_grad(prep) -> bool:
+    model = prep.trainer.model
+    vision = train.FAMILY_PARTS[train.family_of(model.get_base_model())]["vision"]
+    module = model.get_base_model().get_submodule(vision)
+    seen = []
+    handle = module.register_forward_hook(
+        lambda m, i, o: seen.append((o[0] if isinstance(o, tuple) else
+                                     getattr(o, "last_hidden_state", o)).requires_grad))
+    batch = next(iter(prep.trainer.get_train_dataloader()))
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    handle.remove()
+    assert any(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+    return seen[0]
+
+
+def test_frozen_vision_tower_builds_no_graph_and_checkpointing_trains_the_same(
+        traces, tiny_cache, tmp_path):
+    rows = traces.select(range(4))
+    common = dict(model="tiny-idefics3", batch_size=2, verbose=False, lora_dropout=0.0)
+    plain = train.build_trainer(rows, output_dir=str(tmp_path / "a"), **common)
+    ckpt = train.build_trainer(rows, output_dir=str(tmp_path / "b"), gradient_checkpointing=True,
+                               **common)
+    assert not _vision_output_requires_grad(plain)
+    assert not _vision_output_requires_grad(ckpt)  # checkpointing on the language model only
+    layers = [m for m in ckpt.trainer.model.modules() if hasattr(m, "gradient_checkpointing")]
+    assert any(m.gradient_checkpointing for m in layers)
+    grads = []
+    for prep in (plain, ckpt):
+        grads.append({n: p.grad.clone() for n, p in prep.trainer.model.named_parameters()
+                      if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+    vision = train.build_trainer(rows, output_dir=str(tmp_path / "c"), adapt_vision=True,
+                                 **common)
+    assert _vision_output_requires_grad(vision)
+
+
+# --------------------------------------------------------------------------------------------
+# The tiny run (1 epoch over the shipped traces), card, load, merge, resume
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(traces, tiny_cache, tmp_path_factory):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("adapter")
+    result = train.train(traces, model="tiny-idefics3", output_dir=str(out), epochs=1,
+                         learning_rate=5e-3, logging_steps=2, save_steps=1000, verbose=False)
+    return result
+
+
+def test_tiny_run_loss_falls(tiny_run, traces):
+    losses = [loss for _, loss in tiny_run.losses]
+    assert len(losses) == 15  # 240 rows / batch 8 = 30 steps, logged every 2
+    assert _mean(losses[-5:]) < _mean(losses[:5]) - 0.15, losses
+    assert tiny_run.card["steps"] == 30 and tiny_run.card["data"]["rows"] == len(traces)
+
+
+def test_training_card_files_and_content(tiny_run):
+    out = tiny_run.output_dir
+    for name in ("adapter_model.safetensors", "adapter_config.json", "processor_config.json",
+                 "tokenizer.json", "training_card.json", "training_card.md", "loss.png"):
+        assert (out / name).exists(), name
+    card = train.read_card(out)
+    assert card["loss_curve"] == [[s, round(v, 5)] for s, v in tiny_run.losses]
+    assert card["resolved"]["dtype"] == "float32" and card["resolved"]["preset"] == "cpu"
+    assert card["data"]["task_types"] and card["data"]["completion_tokens_mean"] > 50
+    assert card["parameters"]["trainable"] < card["parameters"]["total"]
+    assert card["wall_seconds"] > 0 and card["peak_memory_gb"] > 0
+    assert card["versions"]["trl"] == env.versions()["trl"]
+    md = (out / "training_card.md").read_text()
+    assert "loss" in md and "LoRA: r=16" in md
+
+
+def test_load_adapter_and_merge_give_the_same_model(tiny_run, traces, tmp_path):
+    model, processor = train.load_adapter(tiny_run.output_dir)
+    row = traces[0]
+    text = models.chat_prompt(processor, row["prompt"][0]["content"][1]["text"])
+    batch = models.encode(processor, row["images"], [text])
+    with torch.no_grad():
+        adapted = model(**batch).logits
+        with model.disable_adapter():
+            base = model(**batch).logits
+    assert not torch.allclose(adapted, base, atol=1e-4)  # training changed something
+    merged_dir = train.merge(tiny_run.output_dir, tmp_path / "merged")
+    assert not (merged_dir / "adapter_config.json").exists()
+    merged, merged_processor = models.load(merged_dir)
+    with torch.no_grad():
+        again = merged(**models.encode(merged_processor, row["images"], [text])).logits
+    assert torch.allclose(adapted, again, atol=1e-4)
+
+
+def test_resume_from_checkpoint(traces, tiny_cache, tmp_path):
+    rows = traces.select(range(16))
+    common = dict(model="tiny-idefics3", output_dir=str(tmp_path), batch_size=2, logging_steps=1,
+                  save_steps=2, learning_rate=5e-3, lr_scheduler="constant", verbose=False)
+    first = train.train(rows, max_steps=4, **common)
+    assert (tmp_path / "checkpoints" / "checkpoint-4").exists()
+    second = train.train(rows, max_steps=6, resume=True, **common)
+    assert second.card["resumed_from"].endswith("checkpoint-4")
+    assert second.card["steps"] == 6
+    assert [s for s, _ in second.losses] == [5, 6]
+    assert [s for s, _ in first.losses] == [1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------
+
+
+def _with_broken_images(traces, n=4):
+    from datasets import Dataset, Features, List
+    from datasets import Image as HFImage
+
+    rows = [dict(traces[i]) for i in range(n)]
+    buf = io.BytesIO()
+    rows[0]["images"][0].save(buf, format="PNG")
+    good = {"bytes": buf.getvalue(), "path": None}
+    for row in rows:
+        row["images"] = [good]
+    rows[1]["images"] = [{"bytes": b"this is not an image", "path": None}]
+    rows[2]["images"] = [{"bytes": None, "path": "/nonexistent/picture.png"}]
+    features = Features({**traces.features, "images": List(HFImage())})
+    return Dataset.from_list(rows, features=features)
+
+
+def test_unloadable_images_are_skipped_and_counted_or_fail_clearly(traces):
+    ds = _with_broken_images(traces)
+    with pytest.warns(UserWarning, match="skipped 2 of 4 rows"):
+        kept, skipped = train.check_images(ds, "skip")
+    assert len(kept) == 2 and skipped == [traces[1]["task_id"], traces[2]["task_id"]]
+    assert all(isinstance(row["images"][0], Image.Image) for row in kept)
+    with pytest.raises(train.TrainError, match="cannot be loaded.*row 1"):
+        train.check_images(ds, "raise")
+
+
+def test_wrong_format_names_the_expected_columns(traces):
+    with pytest.raises(train.TrainError, match="expected prompt, completion, images.*messages"):
+        train.check_format(train.as_messages(traces.select(range(2))))
+    with pytest.raises(train.TrainError, match="missing: images"):
+        train.check_format(traces.select(range(2)).remove_columns("images"))
+    llava = traces.select(range(1)).map(
+        lambda r: {"conversations": [{"from": "human", "value": "<image>q"}]},
+        remove_columns=["prompt", "completion"])
+    with pytest.raises(train.TrainError, match="LLaVA"):
+        train.check_format(llava)
+    with pytest.raises(train.TrainError, match="no dataset at"):
+        train.load_dataset_any("/nonexistent/dataset")
+
+
+def test_out_of_memory_names_the_next_setting(traces, tiny_cache, tmp_path):
+    from transformers import TrainerCallback
+
+    class FakeOOM(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(train.TrainError, match=r"Next setting to try: batch_size=2, grad_accum=2"):
+        train.train(traces.select(range(8)), model="tiny-idefics3", output_dir=str(tmp_path),
+                    batch_size=4, callbacks=[FakeOOM()], verbose=False)
+
+
+def test_max_length_that_would_cut_image_tokens_is_refused(traces, tiny_cache, tmp_path):
+    with pytest.raises(train.TrainError, match="image-token mismatch"):
+        train.build_trainer(traces.select(range(2)), model="tiny-idefics3",
+                            output_dir=str(tmp_path), max_length=40, verbose=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory estimate, image tokens, presets
+# --------------------------------------------------------------------------------------------
+
+
+def test_memory_estimate_follows_the_documented_formula():
+    gib = 2**30
+    # weights 100e6*2, adapter 1e6*16, activations 4 layers * (2*100 tokens) * (8*64+4*128) * 2
+    act = 4 * 200 * (8 * 64 + 4 * 128) * 2
+    expected = 1.15 * (100e6 * 2 + 1e6 * 16 + act) / gib + 0.75
+    got = train.estimate_training_memory_gb(100_000_000, 1_000_000, "bfloat16", 2, 100, 64, 4,
+                                            False, intermediate=128)
+    assert got == pytest.approx(expected)
+    ckpt = train.estimate_training_memory_gb(100_000_000, 1_000_000, "bfloat16", 2, 100, 64, 4,
+                                             True, intermediate=128)
+    assert ckpt == pytest.approx(1.15 * (100e6 * 2 + 1e6 * 16 + 4 * 200 * 64 * 2 + act / 4)
+                                 / gib + 0.75)
+    shape = train.SMOLVLM_500M
+    args = (shape.params, shape.lora_params(), "float16", 8, 1600, shape.hidden, shape.layers)
+    assert train.estimate_training_memory_gb(*args, True) < train.estimate_training_memory_gb(
+        *args, False)
+    assert train.estimate_training_memory_gb(*args, True, qlora=True) < \
+        train.estimate_training_memory_gb(*args, True)
+    with pytest.raises(ValueError, match="dtype"):
+        train.estimate_training_memory_gb(1, 1, "int8", 1, 1, 1, 1, False)
+
+
+def test_lora_parameter_count_matches_peft(tiny_cache):
+    from peft import get_peft_model
+
+    model, _ = models.load(models.tiny("qwen2_vl"))
+    shape = train.shape_of(model)
+    peft_model = get_peft_model(model, train.lora_config(8))
+    assert models.count_parameters(peft_model)["trainable"] == shape.lora_params(8)
+
+
+def test_smolvlm_image_token_formula_matches_a_smolvlm_processor(tiny_cache):
+    from transformers import Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import (
+        Idefics3ImageProcessorPil,
+    )
+
+    _, tiny = models.load(models.tiny("idefics3"))
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessorPil(
+            size={"longest_edge": 2048}, max_image_size={"longest_edge": 512},
+            do_image_splitting=True),
+        tokenizer=tiny.tokenizer, image_seq_len=64, chat_template=tiny.chat_template)
+    for edge, split in [(2048, True), (1024, True), (1536, True), (512, True), (2048, False)]:
+        train.set_image_size(processor, edge, split)
+        for w, h in [(192, 192), (640, 480), (300, 900)]:
+            assert train.count_image_tokens(processor, w, h) == train.smolvlm_image_tokens(
+                edge, split, w, h), (edge, split, w, h)
+    with pytest.raises(train.TrainError, match="tile size"):
+        train.set_image_size(processor, 256)
+
+
+def test_image_size_lever_on_qwen(tiny_cache):
+    _, processor = models.load(models.tiny("qwen2_vl"))
+    before = train.count_image_tokens(processor, 192, 192)
+    train.set_image_size(processor, 112)  # a 112² pixel budget: at most (112 / 28)² tokens
+    assert 0 < train.count_image_tokens(processor, 192, 192) <= 16 < before
+
+
+def test_presets_fit_their_budget_and_explain_themselves():
+    t4 = train.PRESETS["t4-16gb"]
+    assert t4.dtype == "float16" and not t4.qlora
+    for preset in train.PRESETS.values():
+        assert preset.rationale and preset.batch_size >= 1
+        if preset.memory_gb:
+            est = float(re.search(r"estimate ([\d.]+) GB", preset.rationale).group(1))
+            assert est <= 0.8 * preset.memory_gb
+            assert preset.batch_size * preset.grad_accum == 16
+            assert f"Batch {preset.batch_size}" in preset.rationale
+    assert train.PRESETS["a100-80gb"].batch_size >= train.PRESETS["a100-40gb"].batch_size
+    hw = env.Hardware("cuda", "NVIDIA L4", 22.0, True, "bfloat16", 8)
+    assert train.pick_preset(hw).name == "l4-24gb"
+    assert train.pick_preset(env.Hardware("cpu", None, None, False, "float32", 2)).name == "cpu"
+
+
+def test_resolve_sizes_a_t4_run_and_decides_checkpointing(tiny_cache):
+    _, qwen = models.load(models.tiny("qwen2_vl"))
+    t4 = env.Hardware("cuda", "Tesla T4", 14.7, False, "float16", 2)
+    shape = train.SMOLVLM_500M
+    r = train.resolve(train.TrainSettings(), qwen, None, t4, shape)
+    assert (r.preset, r.dtype, r.batch_size, r.grad_accum) == ("t4-16gb", "float16", 8, 2)
+    assert r.longest_edge == 28 * 17  # Qwen: the pixel budget of SmolVLM's 320 image tokens
+    assert not r.gradient_checkpointing and "vs 80% of 14.7 GB -> off" in r.checkpointing_reason
+    big = train.resolve(train.TrainSettings(batch_size=16), qwen, None, t4, shape)
+    assert big.gradient_checkpointing and big.grad_accum == 1
+    cpu = env.Hardware("cpu", None, None, False, "float32", 2)
+    with pytest.raises(train.TrainError, match="QLoRA.*CUDA"):
+        train.resolve(train.TrainSettings(qlora=True), qwen, None, cpu, shape)
+    with pytest.raises(train.TrainError, match="unknown preset"):
+        train.resolve(train.TrainSettings(preset="v100"), qwen, None, cpu, shape)
+
+
+def test_out_of_memory_ladder():
+    r = train.Resolved("t4-16gb", "cuda", "float16", 1, 16, 2048, True, True, "", False, 1088)
+    tries = train.next_settings_to_try(train.TrainSettings(), r)
+    assert tries[0].startswith("longest_edge=1024")
+    assert any("do_image_splitting=False" in t for t in tries)
+    assert any("qlora=True" in t for t in tries)
+
+
+# --------------------------------------------------------------------------------------------
+# Exercise checker, command line, accelerate launch with 2 processes
+# --------------------------------------------------------------------------------------------
+
+
+def test_target_exercise_checker(capsys):
+    assert train.check_is_target(train.is_language_model_target)
+    assert not train.check_is_target(lambda name: name.endswith("q_proj"))
+    assert "MLP projections" in capsys.readouterr().out
+
+    def stub(name):
+        raise NotImplementedError
+
+    assert not train.check_is_target(stub)
+    assert "not done yet" in capsys.readouterr().out
+
+
+def test_cli_reports_a_bad_dataset(tmp_path, capsys):
+    assert train.main(["--dataset", str(tmp_path / "missing"), "--model", "tiny-idefics3"]) == 1
+    assert "no dataset at" in capsys.readouterr().err
+
+
+def test_accelerate_launch_two_cpu_processes(traces, tiny_cache, tmp_path):
+    """The same entry point under DDP: 2 processes, gloo on CPU (about 15-30 s)."""
+    data = tmp_path / "dataset"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traces.select(range(16)).save_to_disk(str(data))
+    folder = models.tiny("idefics3")  # built before the launch, so the ranks share it
+    launcher = Path(sys.executable).parent / "accelerate"
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(29500 + os.getpid() % 1000),
+           "-m", "cotlib.train", "--dataset", str(data), "--model", str(folder),
+           "--output", str(tmp_path / "adapter"), "--max-steps", "2", "--batch-size", "2",
+           "--logging-steps", "1"]
+    environ = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=300,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    card = json.loads((tmp_path / "adapter" / "training_card.json").read_text())
+    assert card["resolved"]["world_size"] == 2 and card["distributed"] == "MULTI_CPU"
+    assert card["steps"] == 2 and "2 process(es)" in done.stdout
+
+
+def test_module_doctests(tiny_cache):
+    import doctest
+
+    result = doctest.testmod(train, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 15
