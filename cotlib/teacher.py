@@ -77,6 +77,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -220,7 +221,8 @@ def build_messages(
     the image (a base64 PNG data URL) followed by :func:`request_text`.
 
     ``task_or_image`` is a :class:`cotlib.synth.Task` (question and standard answer default to
-    the task's) or any image :func:`cotlib.images.load_image` accepts, or a ``data:`` URL.
+    the task's; its image is encoded once, see :func:`task_data_url`) or any image
+    :func:`cotlib.images.load_image` accepts, or a ``data:`` URL.
 
     >>> from PIL import Image
     >>> m = build_messages(Image.new("RGB", (8, 8)), "What is shown?", mode="blind")
@@ -233,7 +235,7 @@ def build_messages(
         question = question if question is not None else task.prompt_question()
         if answer is None and mode == "conditioned":
             answer = standard_answer(task)
-        url = images.image_to_data_url(task.get_image())
+        url = task_data_url(task)
     else:
         if question is None:
             raise ValueError("pass the question (only a Task carries its own)")
@@ -249,6 +251,30 @@ def build_messages(
             ],
         },
     ]
+
+
+_DATA_URLS: dict[int, tuple[weakref.ref, str]] = {}  # id(image) -> (weak ref, data URL)
+
+
+def task_data_url(task: synth.Task) -> str:
+    """The task's image as a PNG data URL, encoded once per image: a :class:`cotlib.synth.Task`
+    keeps its image, and the URL is remembered for as long as that image object lives (so a
+    rerun, a retry or a second mode does not encode it again). Don't draw on a task's image
+    in place after sending it; give the task a new image instead.
+
+    >>> t = synth.make_task(3, "count_shape")
+    >>> task_data_url(t) is task_data_url(t)
+    True
+    """
+    image = task.get_image()
+    key = id(image)
+    entry = _DATA_URLS.get(key)
+    if entry is not None and entry[0]() is image:
+        return entry[1]
+    url = images.image_to_data_url(image)
+    # PIL images are unhashable: key by id, and drop the entry when the image is freed
+    _DATA_URLS[key] = (weakref.ref(image, lambda _: _DATA_URLS.pop(key, None)), url)
+    return url
 
 
 def _to_data_url(image: Any) -> str:
@@ -925,6 +951,24 @@ def backoff_s(
 # generation
 
 
+def connection_limits(concurrency: int) -> Any:
+    """openai's default HTTP connection limits, with room to keep ``concurrency`` connections
+    alive. The default keeps 100: at 256 requests in flight (a vLLM server) it would close the
+    surplus after every burst of answers and reconnect for the next requests.
+
+    >>> connection_limits(256).max_keepalive_connections, connection_limits(8).max_connections
+    (256, 1000)
+    """
+    import openai
+
+    default = openai.DEFAULT_CONNECTION_LIMITS  # an httpx Limits object
+    return type(default)(
+        max_connections=max(default.max_connections or 0, concurrency),
+        max_keepalive_connections=max(default.max_keepalive_connections or 0, concurrency),
+        keepalive_expiry=default.keepalive_expiry,
+    )
+
+
 async def _with_deadline(make_call: Callable[[], Awaitable[Any]], seconds: float) -> Any:
     """Await ``make_call()`` with a whole-request time limit. ``asyncio.timeout`` (3.11+) runs
     in the same task; ``wait_for`` (3.10) adds a task per request."""
@@ -1012,7 +1056,8 @@ async def generate_traces(
         pending = [j for j in jobs if existing.get(j.task_id, {}).get("status") != "done"]
         summary.skipped = len(jobs) - len(pending)
         client = openai.AsyncOpenAI(
-            base_url=config.base_url, api_key=key.reveal(), max_retries=0, timeout=config.timeout_s
+            base_url=config.base_url, api_key=key.reveal(), max_retries=0, timeout=config.timeout_s,
+            http_client=openai.DefaultAsyncHttpxClient(limits=connection_limits(config.concurrency)),
         )
         bar = tqdm(total=len(pending), desc="teacher", unit="task", disable=not progress)
 

@@ -25,6 +25,10 @@ wrong answer). Every fault is appended to ``app.state.injections`` (served at
 ``GET /v1/cotlib/injections``) with the request's :func:`cotlib.teacher.request_key`; nothing in
 the response itself marks it.
 
+It also answers the filter's LLM judge (:func:`cotlib.filtering.judge_with_teacher`): a text-only
+request whose system message is :data:`cotlib.filtering.JUDGE_INSTRUCTION` gets "valid" or
+"invalid" from :func:`cotlib.filtering.local_judge_reply` (after the latency; never a fault).
+
 Token counts are rough: ``len(text) // 4`` for text plus 85 per image (GPT-4o's low-detail image
 cost), at least 1.
 
@@ -68,6 +72,10 @@ log = logging.getLogger(__name__)
 MODEL_ID = teacher.LOCAL_MODEL
 MAX_BODY_BYTES = 8 * 1024 * 1024
 IMAGE_TOKENS = 85
+#: Seconds an idle keep-alive connection stays open. Longer than the openai client's 5 s, so the
+#: client always closes first: a server closing a connection just as the client reuses it would
+#: fail that request with a connection error.
+KEEP_ALIVE_S = 30
 
 #: Fault kinds that the server injects on purpose.
 INJECTED = ("rate_limit", "server_error", "refusal", "malformed", "wrong_answer")
@@ -307,7 +315,8 @@ class RequestError(ValueError):
         self.param, self.code, self.status = param, code, status
 
 
-def _validate(body: Any) -> tuple[str, str, teacher.RequestText]:
+def _check_body(body: Any) -> None:
+    """The checks every chat request gets (trace or judge)."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"].strip():
@@ -322,6 +331,10 @@ def _validate(body: Any) -> tuple[str, str, teacher.RequestText]:
     if "messages" not in body:
         raise RequestError("you must provide a messages parameter", param="messages",
                            code="missing_required_parameter")
+
+
+def _validate(body: Any) -> tuple[str, str, teacher.RequestText]:
+    _check_body(body)
     try:
         url, text = teacher.request_parts(body["messages"])
         request = teacher.parse_request_text(text)
@@ -332,6 +345,82 @@ def _validate(body: Any) -> tuple[str, str, teacher.RequestText]:
                            "base64 data URL (data:image/png;base64,...)", param="messages",
                            code="invalid_image_url")
     return url, text, request
+
+
+def _text_of(content: Any) -> str | None:
+    """A message's text: the string itself, or its text parts joined; None for anything else."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [p["text"] for p in content if isinstance(p, dict)
+                 and p.get("type") == "text" and isinstance(p.get("text"), str)]
+        return "\n".join(texts) if texts else None
+    return None
+
+
+def judge_text(body: Any) -> str | None:
+    """The user text of an LLM-judge request -- one whose system message is
+    :data:`cotlib.filtering.JUDGE_INSTRUCTION` -- ("" if it has none), or None for any other
+    request.
+
+    >>> from cotlib import filtering
+    >>> judge_text({"messages": filtering.judge_messages("Three.", "3")})
+    'Response: Three.\\nStandard answer: 3'
+    """
+    # imported here, not at the top: cotlib.filtering may come to import this module
+    from cotlib.filtering import JUDGE_INSTRUCTION
+
+    messages = body.get("messages") if isinstance(body, Mapping) else None
+    if not isinstance(messages, list):
+        return None
+    if not any(isinstance(m, dict) and m.get("role") == "system"
+               and (_text_of(m.get("content")) or "").strip() == JUDGE_INSTRUCTION
+               for m in messages):
+        return None
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return (_text_of(users[-1].get("content")) if users else None) or ""
+
+
+def judge_completion(body: Mapping[str, Any], text: str, *,
+                     request_id: str = "chatcmpl-cotlib-judge") -> dict:
+    """The ``chat.completion`` answering a judge request whose user text is ``text``: "valid" or
+    "invalid" from :func:`cotlib.filtering.local_judge_reply` (rule-based, like the trace).
+    Raises :class:`RequestError` when ``text`` is empty."""
+    from cotlib.filtering import local_judge_reply
+
+    if not text.strip():
+        raise RequestError("a judge request needs a user message 'Response: ...\\nStandard "
+                           "answer: ...' (filtering.judge_request_text)", param="messages",
+                           code="invalid_value")
+    return _completion(body, local_judge_reply(text), request_id=request_id)
+
+
+def _completion(body: Mapping[str, Any], text: str, *, request_id: str) -> dict:
+    """A ``chat.completion`` object for ``text`` (cut to ``max_tokens``) with rough usage."""
+    finish = "stop"
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(max_tokens, int) and max_tokens > 0 and count_tokens(text) > max_tokens:
+        text, finish = text[: max_tokens * 4], "length"
+    prompt_tokens = _prompt_tokens(body.get("messages"))
+    completion_tokens = count_tokens(text)
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body["model"],
+        "system_fingerprint": "cotlib-local",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": finish,
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 def complete(
@@ -345,8 +434,15 @@ def complete(
     """The ``chat.completion`` object for a request body, with an optional content ``fault``
     ("refusal", "malformed", "wrong_answer"). Raises :class:`RequestError` for a bad request.
     Returns the completion with a private ``"_cotlib"`` entry (popped by the server) describing
-    the request, the note and the fault detail.
+    the request, the note and the fault detail. A judge request (:func:`judge_text`) gets the
+    judge's one-word reply, never a fault.
     """
+    _check_body(body)
+    judged = judge_text(body)
+    if judged is not None:
+        return {**judge_completion(body, judged, request_id=request_id), "_cotlib": {
+            "request_key": None, "question": judged, "mode": "judge", "note": None,
+            "detail": None}}
     url, _, request = _validate(body)
     return _complete(body, url, request, seed=seed, fault=fault, fault_rng=fault_rng,
                      request_id=request_id)
@@ -374,29 +470,8 @@ def _complete(body: Mapping[str, Any], url: str, request: teacher.RequestText, *
     elif fault == "wrong_answer":
         detail = _wrong(draft.answer, request.question, fault_rng)
         text = stages.render_dict({**draft.stages, "CONCLUSION": detail})
-    finish = "stop"
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(max_tokens, int) and max_tokens > 0 and count_tokens(text) > max_tokens:
-        text, finish = text[: max_tokens * 4], "length"
-    prompt_tokens = _prompt_tokens(body.get("messages"))
-    completion_tokens = count_tokens(text)
     return {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body["model"],
-        "system_fingerprint": "cotlib-local",
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": finish,
-        }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        **_completion(body, text, request_id=request_id),
         "_cotlib": {
             "request_key": teacher.request_key(request.question, url),
             "question": request.question,
@@ -455,17 +530,26 @@ def create_app(faults: Faults | None = None, seed: int = 0, *,
     """The local teacher as a FastAPI app.
 
     Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``,
-    ``GET /v1/cotlib/injections`` (``{"requests": n, "data": [entry, ...]}``, each entry
-    ``{request_id, request_key, task_hint, fault, detail, mode}``). Any ``Authorization`` header
-    is accepted and never looked at. State: ``app.state.injections`` (list of entries),
-    ``app.state.requests`` (count of chat requests), ``app.state.faults``.
+    ``GET /v1/cotlib/injections`` (``{"requests": n, "judge_requests": m, "data": [entry, ...]}``,
+    each entry ``{request_id, request_key, task_hint, fault, detail, mode}``). Any
+    ``Authorization`` header is accepted and never looked at. State: ``app.state.injections``
+    (list of entries), ``app.state.requests`` (count of trace requests, bad ones included),
+    ``app.state.judge_requests`` (count of judge requests), ``app.state.faults``.
+
+    A chat request whose system message is :data:`cotlib.filtering.JUDGE_INSTRUCTION` is the
+    filter's LLM judge (text only, no image): it is answered "valid" or "invalid" by
+    :func:`cotlib.filtering.local_judge_reply`, after the configured latency, and never gets a
+    fault -- so judge calls neither shift the fault draws of trace requests nor appear in the
+    injection log.
     """
     faults = faults or Faults()
     app = FastAPI(title="cotlib local teacher", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.faults = faults
     app.state.injections = []
     app.state.requests = 0
+    app.state.judge_requests = 0
     rng = random.Random(faults.seed)  # one stream for every fault draw, in arrival order
+    judge_rng = random.Random(f"judge:{faults.seed}")  # judge latency jitter only
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -483,7 +567,7 @@ def create_app(faults: Faults | None = None, seed: int = 0, *,
     @app.get("/v1/cotlib/injections")
     async def injections():
         return {"object": "list", "requests": app.state.requests,
-                "data": list(app.state.injections)}
+                "judge_requests": app.state.judge_requests, "data": list(app.state.injections)}
 
     def log_entry(request_id: str, request_key: str | None, question: str, fault: str,
                   mode: str | None, detail: Any = None) -> None:
@@ -495,15 +579,33 @@ def create_app(faults: Faults | None = None, seed: int = 0, *,
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         arrived = time.monotonic()
+        try:
+            body = json.loads(await _read_body(request, max_body_bytes))
+            _check_body(body)
+        except RequestError as err:
+            app.state.requests += 1
+            return _error(err.status, str(err), param=err.param, code=err.code)
+        except ValueError:
+            app.state.requests += 1
+            return _error(400, "the request body is not valid JSON", code="invalid_json")
+        judged = judge_text(body)
+        if judged is not None:  # the filter's LLM judge: latency, but no faults and no log
+            app.state.judge_requests += 1
+            request_id = f"chatcmpl-cotlib-judge-{app.state.judge_requests:06d}"
+            try:
+                result = judge_completion(body, judged, request_id=request_id)
+            except RequestError as err:
+                return _error(err.status, str(err), param=err.param, code=err.code)
+            delay = max(0.0, faults.latency_ms + judge_rng.uniform(-1, 1)
+                        * faults.latency_jitter_ms) / 1000
+            await asyncio.sleep(arrived + delay - time.monotonic())
+            return JSONResponse(result)
         app.state.requests += 1
         request_id = f"chatcmpl-cotlib-{app.state.requests:06d}"
         try:
-            body = json.loads(await _read_body(request, max_body_bytes))
             url, _, parsed = _validate(body)
         except RequestError as err:
             return _error(err.status, str(err), param=err.param, code=err.code)
-        except ValueError:
-            return _error(400, "the request body is not valid JSON", code="invalid_json")
         key = teacher.request_key(parsed.question, url)
         u = rng.random()
         if u < faults.rate_429:
@@ -593,10 +695,17 @@ class LocalTeacher:
 
     @property
     def requests(self) -> int:
-        """How many chat requests arrived so far."""
+        """How many trace requests arrived so far (judge requests not included)."""
         if self.app is None:
             return int(self._get("/v1/cotlib/injections")["requests"])
         return int(self.app.state.requests)
+
+    @property
+    def judge_requests(self) -> int:
+        """How many judge requests arrived so far."""
+        if self.app is None:
+            return int(self._get("/v1/cotlib/injections")["judge_requests"])
+        return int(self.app.state.judge_requests)
 
     def _get(self, path: str) -> Any:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
@@ -614,7 +723,8 @@ class LocalTeacher:
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                backlog=2048, timeout_graceful_shutdown=2)
+                                backlog=2048, timeout_keep_alive=KEEP_ALIVE_S,
+                                timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name=f"cotlib-teacher-{self.port}", daemon=True)
@@ -721,7 +831,8 @@ def serve(host: str = "127.0.0.1", port: int = 8765, faults: Faults | None = Non
     print(f"cotlib local teacher on http://{host}:{sock.getsockname()[1]}/v1 "
           f"(model {MODEL_ID!r}); Ctrl-C to stop", flush=True)
     config = uvicorn.Config(create_app(faults, seed=seed), log_level="warning",
-                            access_log=False, lifespan="off", backlog=2048)
+                            access_log=False, lifespan="off", backlog=2048,
+                            timeout_keep_alive=KEEP_ALIVE_S)
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -7,12 +7,15 @@ import os
 import socket
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("COTLIB_FAST", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tiny models run fastest on one thread, and a second thread only fights the notebook kernels.
+torch.set_num_threads(1)
 
 
 class NetworkBlocked(RuntimeError):

@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import random
+import re
 import signal
 import string
 import subprocess
@@ -86,6 +87,19 @@ def test_messages_shape_and_roundtrip(tasks):
         teacher.request_text("How many?", None, mode="conditioned")
     with pytest.raises(ValueError, match="mode"):
         teacher.build_messages(task, mode="guess")
+
+
+def test_task_image_is_encoded_once_per_image_object():
+    from PIL import Image
+
+    task = synth.make_task(4, "count_color")
+    first = teacher.task_data_url(task)
+    assert teacher.task_data_url(task) is first
+    assert teacher.build_messages(task)[1]["content"][0]["image_url"]["url"] is first
+    task.image = task.get_image().transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # a new image
+    again = teacher.task_data_url(task)
+    assert again != first
+    assert images.data_url_to_image(again).tobytes() == task.image.tobytes()
 
 
 _TEXT = st.text(string.ascii_letters + string.digits + " ?.,'\n", min_size=1).filter(str.strip)
@@ -511,6 +525,26 @@ def test_api_key_never_leaks(server, tasks, tmp_path, monkeypatch, caplog, capsy
         assert secret[8:] not in text
 
 
+def test_no_key_in_any_stored_notebook():
+    """Runs nothing: scans every cell (source and stored outputs, tracebacks included) of the
+    course notebooks for anything shaped like an OpenAI key."""
+    import nbformat
+
+    key_like = re.compile(r"sk-[A-Za-z0-9_-]{20,}")
+    root = Path(__file__).resolve().parent.parent
+    paths = sorted((root / "solutions").glob("*.ipynb")) + sorted(
+        (root / "notebooks").glob("*.ipynb"))
+    assert paths
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        for i, cell in enumerate(nb.cells):
+            texts = [cell.source, json.dumps(cell.get("outputs", []))]
+            for text in texts:
+                found = key_like.search(text)
+                assert found is None, f"{path.name} cell {i}: {found.group(0)[:6]}... looks " \
+                    "like an API key: clear the output (and never print a key)"
+
+
 def test_get_api_key_sources(monkeypatch):
     monkeypatch.delenv("COTLIB_TEST_KEY", raising=False)
     assert teacher.get_api_key("COTLIB_TEST_KEY", base_url="http://127.0.0.1:1/v1").reveal() \
@@ -637,6 +671,34 @@ def test_fault_flags_roundtrip_through_the_command_line():
     args = teacher_server.build_parser().parse_args(teacher_server._fault_args(faults))
     assert args.rate_429 == 0.2 and args.retry_after == 0.05 and args.fault_seed == 4
     assert args.latency_ms == 12.5 and args.rate_malformed == 0.1
+
+
+def test_judge_requests_get_a_verdict_and_never_a_fault(tasks):
+    from cotlib import filtering
+
+    with LocalTeacher(Faults(rate_500=1.0, rate_refusal=1.0, seed=1)) as t:
+        client = openai.OpenAI(base_url=t.base_url, api_key="x", max_retries=0)
+
+        def ask(messages):
+            r = client.chat.completions.create(model=LOCAL, messages=messages, max_tokens=8,
+                                               temperature=0)
+            return r.choices[0].message.content
+
+        replies = [ask(filtering.judge_messages(response, answer)) for response, answer in
+                   (("Three.", "3"), ("4", "3"), ("I'm sorry, I can't help with that.", "3"))]
+        assert replies == ["valid", "invalid", "invalid"]
+        parts = filtering.judge_messages("(B)", "B")
+        parts[1]["content"] = [{"type": "text", "text": parts[1]["content"]}]
+        assert ask(parts) == "valid"
+        with pytest.raises(openai.BadRequestError, match="judge request needs a user message"):
+            ask(parts[:1])
+        with pytest.raises(openai.InternalServerError):  # trace requests still get faults
+            client.chat.completions.create(model=LOCAL, messages=teacher.build_messages(tasks[0]))
+        assert (t.judge_requests, t.requests) == (5, 1)
+        assert [e["fault"] for e in t.injections] == ["server_error"]
+        client.close()
+    body = {"model": "m", "messages": filtering.judge_messages("no", "yes")}
+    assert teacher_server.complete(body)["choices"][0]["message"]["content"] == "invalid"
 
 
 def test_local_teacher_in_a_child_process(tasks):

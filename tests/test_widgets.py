@@ -1,0 +1,263 @@
+"""The notebook 08 app without a browser: uploads (ipywidgets 8 format, simulated with
+``set_state``), the model picker's three choices and their messages, streaming into the four
+panels, search, errors shown instead of swallowed, and the exercise checker."""
+
+from __future__ import annotations
+
+import doctest
+import json
+
+import pytest
+import torch
+
+from cotlib import images, infer, models, stages, widgets
+
+PHOTOS = images.SAMPLE_PHOTOS_DIR
+
+
+@pytest.fixture(scope="module")
+def stand_in(tiny_cache):
+    """The memorised stand-in, loaded once (built once per cache folder)."""
+    return widgets.load_model("tiny base", use_stand_in=True)
+
+
+@pytest.fixture
+def app(stand_in, tmp_path):
+    """An app with the stand-in preloaded and an empty run folder."""
+    return widgets.TryApp(run=tmp_path, loaded={"tiny base": stand_in})
+
+
+def _body(app, stage):
+    return app.panels.bodies[stage].value
+
+
+# ---- uploads ----------------------------------------------------------------------------------
+
+
+def test_first_upload_reads_the_ipywidgets_8_value():
+    value = tuple(widgets.fake_upload(b"abc", name="a.png")) + tuple(
+        widgets.fake_upload(b"def", name="b.png"))
+    assert isinstance(value[0]["content"], memoryview)  # as the browser sends it
+    name, data = widgets.first_upload(value)
+    assert (name, data) == ("a.png", b"abc") and type(data) is bytes
+    assert widgets.first_upload(()) is None
+
+
+def test_read_upload_gives_an_rgb_image_or_a_clear_message():
+    image, name = widgets.read_upload(widgets.fake_upload(PHOTOS / "coffee.jpg"))
+    assert (name, image.mode) == ("coffee.jpg", "RGB")
+    with pytest.raises(widgets.WidgetError, match=r"notes\.txt: not an image.*PNG or JPEG"):
+        widgets.read_upload(widgets.fake_upload(b"my shopping list", name="notes.txt"))
+    with pytest.raises(widgets.WidgetError, match="no file uploaded yet"):
+        widgets.read_upload(())
+
+
+def test_real_filewidget_state_round_trip():
+    import ipywidgets as w
+
+    upload, seen = w.FileUpload(), []
+    upload.observe(lambda change: seen.append(change["new"]), "value")
+    upload.set_state({"value": widgets.fake_upload(PHOTOS / "rocket.jpg")})
+    assert len(seen) == 1 and widgets.read_upload(upload.value)[1] == "rocket.jpg"
+
+
+def test_module_doctests():
+    result = doctest.testmod(widgets, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 5 and result.failed == 0
+
+
+# ---- the model picker -------------------------------------------------------------------------
+
+
+def test_stand_in_writes_the_four_tags_for_its_photo(stand_in):
+    assert "stand-in (fast mode)" in stand_in.label and "chelsea" in stand_in.label
+    assert "parameters" in stand_in.describe()
+    a = widgets.answer(stand_in, images.load_sample_photo(widgets.DEFAULT_PHOTO),
+                       widgets.DEFAULT_QUESTION)
+    assert a.answer.ok and a.answer.text.strip() == widgets.STAND_IN_TRACE.strip()
+    assert [r.stop for r in a.answer.stages.values()] == ["tag"] * 4
+
+
+def test_stand_in_is_cached(stand_in, tiny_cache):
+    again = widgets.load_model("tiny base", use_stand_in=True)
+    assert again.source == stand_in.source
+    info = json.loads((tiny_cache / "stand-in" / again.source.rsplit("/", 1)[1]
+                       / "cotlib_stand_in.json").read_text())
+    assert info["loss"] < 0.05 and info["photo"] == widgets.DEFAULT_PHOTO
+
+
+def test_tiny_base_loads_the_pretrained_folder_when_there(tiny_cache, tmp_path):
+    folder = models.tiny("idefics3")  # any model folder stands in for data/base here
+    loaded = widgets.load_model("tiny base", base=folder, use_stand_in=False)
+    assert loaded.label.startswith("tiny base: the course's pretrained model")
+    assert loaded.source == str(folder)
+    missing = widgets.load_model("tiny base", base=tmp_path / "base", use_stand_in=False)
+    assert "stand-in" in missing.label and "not found" in missing.label
+
+
+def test_adapter_missing_says_train_one_first(tmp_path):
+    with pytest.raises(widgets.WidgetError, match="train one in notebook 05 first"):
+        widgets.load_model("your adapter", run=tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing")
+def test_adapter_loads_through_cotlib_train(tiny_cache, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = models.tiny("idefics3")
+    model, processor = models.load(base, dtype="float32")
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    processor.save_pretrained(tmp_path / "adapter")
+    loaded = widgets.load_model("your adapter", run=tmp_path)
+    assert loaded.label.startswith("your adapter:") and "LoRA on" in loaded.label
+    a = widgets.answer(loaded, images.load_sample_photo("coffee"), "What?", max_new_tokens=2)
+    assert set(a.answer.stages) == set(stages.STAGES)
+
+
+def test_hub_id_only_online(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(widgets.WidgetError, match="HF_HUB_OFFLINE=1"):
+        widgets.load_model("hub id", hub_id=widgets.EXAMPLE_HUB_ID)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(widgets.WidgetError, match="type a hub id first"):
+        widgets.load_model("hub id", hub_id="  ")
+    with pytest.raises(widgets.WidgetError, match="unknown model choice"):
+        widgets.load_model("gpt-9")
+
+
+def test_cpu_threads_restores_the_setting(stand_in):
+    before = torch.get_num_threads()
+    with widgets.cpu_threads(stand_in.model):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+# ---- streaming ----------------------------------------------------------------------------------
+
+
+def test_answer_streams_growing_text_stage_by_stage(stand_in):
+    seen, ended = [], []
+    widgets.answer(stand_in, images.load_sample_photo(widgets.DEFAULT_PHOTO),
+                   widgets.DEFAULT_QUESTION, on_token=lambda s, t: seen.append((s, t)),
+                   on_stage_end=ended.append)
+    assert [d.stage for d in ended] == list(stages.STAGES)
+    for done in ended:
+        texts = [t for s, t in seen if s == done.stage]
+        assert len(texts) == done.tokens > 1
+        assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))  # only ever grows
+        assert texts[-1].strip() == done.text
+        assert f"{done.tokens} tokens" in done.stats() and "stop: tag" in done.stats()
+
+
+def test_panels_update_while_a_stage_is_written(stand_in):
+    panels = widgets.StagePanels(interval=0.0)
+    changes = {s: 0 for s in stages.STAGES}
+    for s in stages.STAGES:
+        panels.bodies[s].observe(lambda c, s=s: changes.__setitem__(s, changes[s] + 1), "value")
+    widgets.answer(stand_in, images.load_sample_photo(widgets.DEFAULT_PHOTO),
+                   widgets.DEFAULT_QUESTION, on_token=panels.write, on_stage_end=panels.finish)
+    assert all(n > 5 for n in changes.values()), changes  # many updates, not one at the end
+    assert panels.texts()["CAPTION"] == stages.parse(widgets.STAND_IN_TRACE).stages["CAPTION"]
+
+
+# ---- the app ------------------------------------------------------------------------------------
+
+
+def test_app_starts_with_a_shipped_photo_and_answers_without_an_upload(app):
+    assert app.image_name == "chelsea.jpg" and app.preview.value[:3] == b"\xff\xd8\xff"
+    app.button.click()
+    assert app.error is None and app.outcome is not None
+    expected = stages.parse(widgets.STAND_IN_TRACE).stages
+    assert app.texts() == expected
+    for s in stages.STAGES:
+        assert "stop: tag" in app.panels.footers[s].value
+    assert "well formed" in app.summary.value and "tokens/s" in app.summary.value
+    assert "done: chelsea.jpg" in app.status.value
+    assert "loaded: tiny stand-in" in app.model_info.value
+    assert not app.button.disabled and app.button.description == "Answer"
+
+
+def test_app_uses_the_uploaded_photo(app):
+    app.upload.set_state({"value": widgets.fake_upload(PHOTOS / "grace_hopper.jpg")})
+    assert app.image_name == "grace_hopper.jpg (uploaded)"
+    assert app.image.size == images.load_image(PHOTOS / "grace_hopper.jpg").size
+    app.button.click()
+    assert app.error is None and set(app.panels.done) == set(stages.STAGES)
+    for s in stages.STAGES:  # every panel shows something, even a stage the model cut short
+        assert "waiting" not in _body(app, s) and "tokens" in app.panels.footers[s].value
+    assert "done: grace_hopper.jpg (uploaded)" in app.status.value
+    app.photo.value = "coffee.jpg"  # the dropdown switches back to a shipped photo
+    assert app.image_name == "coffee.jpg"
+    with pytest.raises(widgets.WidgetError, match="choose one of astronaut, chelsea"):
+        app.use_photo("mona_lisa")
+
+
+def test_a_non_image_upload_shows_a_clear_message_and_keeps_the_photo(app):
+    app.upload.set_state({"value": widgets.fake_upload(b"%PDF-1.7 ...", name="paper.pdf")})
+    assert "paper.pdf: not an image" in app.status.value
+    assert "PDF" in app.status.value and "still using chelsea.jpg" in app.status.value
+    assert app.image_name == "chelsea.jpg"
+    app.button.click()
+    assert app.outcome is not None and app.outcome.answer.ok
+
+
+def test_app_with_search_fills_every_panel(app):
+    app.search.value, app.n.value = True, 2
+    app.button.click()
+    assert app.error is None and app.outcome.tree is not None
+    assert [len(step.candidates) for step in app.outcome.tree.steps] == [2] * 4
+    for s in stages.STAGES:
+        assert "best of 2 candidates" in app.panels.footers[s].value
+    assert "beam search" in app.summary.value
+
+
+def test_app_messages_for_the_other_choices(app, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    app.picker.value = "your adapter"
+    assert "train one in notebook 05 first" in app.model_info.value
+    app.button.click()
+    assert "train one in notebook 05 first" in app.status.value and app.outcome is None
+    app.picker.value = "hub id"
+    assert "offline" in app.model_info.value
+    app.button.click()
+    assert "HF_HUB_OFFLINE=1" in app.status.value
+    assert "tiny base" in app.loaded  # a failed choice does not drop the loaded model
+    app.picker.value = "tiny base"
+    app.question.value = "  "
+    app.button.click()
+    assert "type a question first" in app.status.value
+
+
+def test_unexpected_errors_are_shown_not_swallowed(tmp_path):
+    broken = widgets.LoadedModel(torch.nn.Linear(2, 2), None, "tiny base", "broken", "nowhere")
+    app = widgets.TryApp(run=tmp_path, loaded={"tiny base": broken})
+    app.button.click()
+    assert app.outcome is None and "⚠️" in app.status.value
+    assert app.error and "Traceback" in app.error
+    assert not app.button.disabled  # ready for another try
+
+
+# ---- the exercise -------------------------------------------------------------------------------
+
+
+def test_checker_accepts_the_library_and_explains_mistakes(capsys):
+    assert widgets.check_first_upload(widgets.first_upload)
+
+    def stub(value):
+        raise NotImplementedError
+
+    assert not widgets.check_first_upload(stub)
+    assert "not done yet" in capsys.readouterr().out
+    assert not widgets.check_first_upload(lambda v: (v[0]["name"], v[0]["content"]) if v else None)
+    assert "bytes(entry['content'])" in capsys.readouterr().out
+    assert not widgets.check_first_upload(lambda v: (v[-1]["name"], bytes(v[-1]["content"])))
+    assert "first file" in capsys.readouterr().out
+
+
+def test_stand_in_decodes_garbage_for_another_photo(stand_in):
+    """The honest point of the notebook: it memorised, it does not see."""
+    other = widgets.answer(stand_in, images.load_sample_photo("rocket"), widgets.DEFAULT_QUESTION,
+                           max_new_tokens=24)
+    assert other.answer.text.strip() != widgets.STAND_IN_TRACE.strip()
+    assert isinstance(other.answer, infer.StagedAnswer)
