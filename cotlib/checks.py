@@ -98,6 +98,37 @@ def _short(args: tuple, limit: int = 160) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Notebook 00: how much memory do the weights take?
+# --------------------------------------------------------------------------------------------
+
+def weights_gib_cases() -> list[Case]:
+    """Cases for the notebook 00 exercise ``weights_gib(params_millions, dtype) -> float``."""
+    from cotlib import models
+
+    bytes_hint = ("bytes = parameters x bytes per parameter: 4 for float32, 2 for bfloat16 and "
+                  "float16, 1 for int8, 0.5 for int4 (see models.BYTES_PER_PARAM)")
+    gib_hint = "1 GiB is 2**30 bytes (not 10**9), and params_millions is in millions (x 1e6)"
+    return [
+        Case("SmolVLM-256M in bfloat16", (256, "bfloat16"), models.weights_gib(256, "bfloat16"),
+             gib_hint),
+        Case("SmolVLM-256M in float32", (256, "float32"), models.weights_gib(256, "float32"),
+             bytes_hint),
+        Case("Qwen2.5-VL-3B in float16", (3755, "float16"), models.weights_gib(3755, "float16"),
+             bytes_hint),
+        Case("Qwen2.5-VL-3B in int4 (QLoRA)", (3755, "int4"), models.weights_gib(3755, "int4"),
+             bytes_hint),
+        Case("SmolVLM-500M in int8", (507, "int8"), models.weights_gib(507, "int8"),
+             "round the result to 2 decimals: round(x, 2)"),
+    ]
+
+
+def check_weights_gib(fn: Callable[[float, str], float]) -> bool:
+    """Check a learner's ``weights_gib(params_millions, dtype)`` against
+    :func:`cotlib.models.weights_gib`."""
+    return run_cases("weights_gib", fn, weights_gib_cases())
+
+
+# --------------------------------------------------------------------------------------------
 # Notebook 01: is a model output well formed?
 # --------------------------------------------------------------------------------------------
 

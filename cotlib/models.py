@@ -46,8 +46,25 @@ class ModelPreset:
     notes: str = ""
 
 
+#: Bytes one weight takes in each storage type (4-bit quantised weights pack two per byte).
+BYTES_PER_PARAM: dict[str, float] = {
+    "float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5,
+}
+
+
+def weights_gib(params_millions: float, dtype: str = "bfloat16") -> float:
+    """Memory the weights alone take, in GiB (2**30 bytes), rounded to 0.01.
+
+    >>> weights_gib(256, "bfloat16"), weights_gib(3755, "int4")
+    (0.48, 1.75)
+    """
+    if dtype not in BYTES_PER_PARAM:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(BYTES_PER_PARAM)}")
+    return round(params_millions * 1e6 * BYTES_PER_PARAM[dtype] / 2**30, 2)
+
+
 def _inference_gb(params_millions: int) -> float:
-    return round(params_millions * 1e6 * 2 * 1.2 / 2**30, 1)
+    return round(params_millions * 1e6 * BYTES_PER_PARAM["bfloat16"] * 1.2 / 2**30, 1)
 
 
 PRESETS: dict[str, ModelPreset] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cotlib import checks, stages
@@ -54,3 +55,19 @@ def test_conditioned_prompt_checker(capsys):
     assert not checks.check_conditioned_prompt(lambda q, a: f"Question: {q}\nAnswer: {a}")
     out = capsys.readouterr().out
     assert "all 4 cases pass" in out and "Standard answer" in out
+
+
+def test_weights_gib_checker_accepts_the_library_and_names_common_mistakes(capsys):
+    from cotlib import models
+
+    assert models.weights_gib(256, "bfloat16") == round(256e6 * 2 / 2**30, 2)
+    assert checks.check_weights_gib(models.weights_gib)
+    # decimal gigabytes instead of GiB: caught, with the hint about 2**30
+    assert not checks.check_weights_gib(
+        lambda p, d: round(p * 1e6 * models.BYTES_PER_PARAM[d] / 1e9, 2))
+    assert "2**30" in capsys.readouterr().out
+    # every dtype costing 2 bytes: caught on float32
+    assert not checks.check_weights_gib(lambda p, d: round(p * 1e6 * 2 / 2**30, 2))
+    assert "float32" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="choose one of"):
+        models.weights_gib(1, "fp8")
