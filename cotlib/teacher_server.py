@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import hashlib
 import http.client
 import json
@@ -805,7 +806,14 @@ def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if err.errno != errno.EADDRINUSE:
+            raise
+        raise OSError(err.errno, f"port {port} on {host} is already in use (another teacher "
+                      "running?): choose another with --port, or stop the other process") from None
     return sock
 
 
@@ -863,7 +871,12 @@ def main(argv: list[str] | None = None) -> int:
         rate_malformed=args.rate_malformed, rate_wrong_answer=args.rate_wrong_answer,
         rate_refusal=args.rate_refusal, seed=args.fault_seed,
     )
-    serve(args.host, args.port, faults, seed=args.seed)
+    try:
+        serve(args.host, args.port, faults, seed=args.seed)
+    except OSError as err:
+        print(f"cotlib teacher serve ({args.host}:{args.port}): {err.strerror or err}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

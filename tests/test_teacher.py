@@ -12,6 +12,7 @@ import pickle
 import random
 import re
 import signal
+import socket
 import string
 import subprocess
 import sys
@@ -720,3 +721,16 @@ def test_run_generation_inside_a_running_event_loop(server, tasks, tmp_path):
 
     summary = asyncio.run(notebook_cell())
     assert summary.done == 3 and len(lines(tmp_path / "t.jsonl")) == 3
+
+
+def test_serve_on_a_busy_port_says_so_and_names_the_fix(capsys):
+    from cotlib import teacher_server
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert teacher_server.main(["--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err
+    assert "Traceback" not in err
