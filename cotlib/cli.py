@@ -8,10 +8,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from pathlib import Path
 
 from cotlib import env
 
@@ -20,10 +17,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cotlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the offline pipeline on the shipped defaults")
+    demo = sub.add_parser(
+        "demo", help="the whole offline pipeline: tasks -> teacher -> filter -> dataset -> LoRA "
+        "SFT -> staged inference -> evaluation -> runs/<run>/report.md")
     demo.add_argument("--run", default="demo", help="run folder name under runs/ (default: demo)")
-    demo.add_argument("--tasks", type=int, default=6, help="test tasks to answer")
-    demo.add_argument("--family", default="idefics3", choices=("idefics3", "qwen2_vl"))
+    demo.add_argument("--base", default=None,
+                      help="base model folder (default: data/base, the shipped base); "
+                           "tiny-idefics3 / tiny-qwen2_vl build a random tiny model")
+    demo.add_argument("--tasks", type=int, default=None,
+                      help="test tasks to answer (default: all 120 of data/tasks/test)")
+    demo.add_argument("--beam-tasks", type=int, default=None,
+                      help="test tasks for the beam-search row (default: as many as --tasks)")
+    demo.add_argument("--extra-tasks", type=int, default=None,
+                      help="synthetic training tasks generated beyond the shipped 240")
+    demo.add_argument("--epochs", type=float, default=None, help="LoRA epochs (both adapters)")
+    demo.add_argument("--fast", action="store_true",
+                      help="seconds-scale settings (also with COTLIB_FAST=1)")
 
     sub.add_parser("doctor", help="check the setup: versions, GPU, disk, key presence")
 
@@ -54,69 +63,53 @@ def main(argv: list[str] | None = None) -> int:
         return teacher_server.main(argv[2:]) or 0
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        return demo(args.run, n_tasks=args.tasks, family=args.family)
+        return demo(args.run, base=args.base, n_tasks=args.tasks, beam_tasks=args.beam_tasks,
+                    extra_tasks=args.extra_tasks, epochs=args.epochs,
+                    fast=args.fast or env.is_fast())
     if args.command == "doctor":
         print(env.report())
         return 0
     return 2  # `teacher` without `serve`: argparse has already explained the choices
 
 
-def demo(run: str = "demo", *, n_tasks: int = 6, family: str = "idefics3") -> int:
-    """The offline pipeline on the embedded defaults; writes ``runs/<run>/report.md``."""
-    import torch
+def demo(run: str = "demo", *, base: str | None = None, n_tasks: int | None = None,
+         beam_tasks: int | None = None, extra_tasks: int | None = None,
+         epochs: float | None = None, fast: bool = False) -> int:
+    """The whole offline pipeline on the embedded defaults (:mod:`cotlib.experiment`): writes
+    ``runs/<run>/report.md`` with the four-system table and figures. Returns the exit code."""
+    from dataclasses import replace
 
-    from cotlib import models, stages, synth
+    from transformers.utils import logging as hf_logging
 
-    started = time.perf_counter()
-    out = env.runs_dir() / run
-    out.mkdir(parents=True, exist_ok=True)
-    env.seed_everything(0)
+    from cotlib import evaluate, experiment
 
-    print(f"[1/3] loading {n_tasks} shipped test tasks from data/tasks/test")
-    tasks = synth.load_split(env.DATA_DIR / "tasks" / "test")[:n_tasks]
-    if not tasks:
-        print("no tasks found in data/tasks/test: run `python scripts/make_data.py`")
+    config = experiment.ExperimentConfig.fast() if fast else experiment.ExperimentConfig()
+    overrides = {"base": base, "test_tasks": n_tasks, "beam_tasks": beam_tasks,
+                 "extra_train_tasks": extra_tasks, "epochs": epochs}
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if config.base is not None and config.base.startswith("tiny-"):
+        from cotlib import models
+
+        family = config.base[len("tiny-"):]
+        if family not in models.FAMILIES:
+            print(f"error: unknown tiny family {family!r}; use tiny-idefics3 or tiny-qwen2_vl",
+                  file=sys.stderr)
+            return 1
+        config = replace(config, base=str(models.tiny(family)))
+    mode = "fast mode (seconds-scale settings)" if fast else "the demo's settings"
+    print(f"cotlib demo: the miniature LLaVA-CoT experiment, {mode}; base "
+          f"{config.base or env.BASE_DIR}")
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar for every model load
+    try:
+        result = experiment.run_experiment(config, run)
+    except experiment.ExperimentError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
-    for task in tasks[:2]:
-        task.get_image().save(out / f"{task.id}.png")
-
-    print(f"[2/3] building a tiny {family} model offline and loading it with from_pretrained")
-    model, processor = models.load(models.tiny(family))
-    params = models.count_parameters(model)["total"]
-
-    print("[3/3] answering with the untrained tiny model (it is random: expect noise)")
-    rows = []
-    for task in tasks:
-        prompt = models.chat_prompt(processor, task.prompt_question())
-        inputs = models.encode(processor, [task.get_image()], [prompt])
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            ids = model.generate(**inputs, max_new_tokens=24, do_sample=False)
-        seconds = time.perf_counter() - t0
-        output = processor.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        parsed = stages.parse(output)
-        rows.append({
-            "task": task.id, "type": task.task_type, "question": task.question,
-            "answer": task.answer, "output": output, "final_answer": stages.final_answer(output),
-            "well_formed": parsed.ok, "seconds": round(seconds, 3),
-        })
-        print(f"  {task.task_type:18s} answer={task.answer!r:8s} model said {output[:40]!r}")
-
-    lines = [
-        "# cotlib demo report", "",
-        f"- model: tiny {family}, {params:,} parameters, random weights (built offline)",
-        f"- tasks: {len(rows)} from data/tasks/test", "",
-        "| task type | question | answer | model output | well formed | seconds |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        output = r["output"].replace("|", "\\|").replace("\n", " ")[:60]
-        lines.append(f"| {r['type']} | {r['question']} | {r['answer']} | {output} | "
-                     f"{r['well_formed']} | {r['seconds']} |")
-    lines += ["", f"Total time: {time.perf_counter() - started:.1f} s on {env.hardware().device}."]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    (out / "demo.json").write_text(json.dumps(rows, indent=2))
-    print(f"report written to {Path(out) / 'report.md'}")
+    finally:
+        hf_logging.enable_progress_bar()
+    print()
+    print(evaluate.comparison_table(result.results))
+    print(f"\nreport: {result.report} (figures and every answer next to it)")
     return 0
 
 

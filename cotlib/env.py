@@ -33,6 +33,8 @@ COURSE_TAG = "v0.1.0"
 #: Root of the repository (``data/`` and ``runs/`` live here in a clone).
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
+#: The course's shipped tiny base model (written by ``scripts/pretrain_base.py``).
+BASE_DIR = DATA_DIR / "base"
 
 
 def is_fast() -> bool:

@@ -4,7 +4,9 @@ The answer is read from the CONCLUSION (``stages.final_answer``) and compared wi
 answer by the same normaliser the filter uses (``cotlib.normalize.answers_match``). Each system
 under test gives one :class:`EvalResult`; :func:`comparison_table` puts several side by side,
 with generated tokens and seconds per answer relative to the first (direct-answer) row — the
-price of reasoning the course is honest about.
+price of reasoning the course is honest about. :func:`plot_overhead` draws accuracy against
+that price, :func:`best_within_budget` picks the system to deploy under a latency budget, and
+:mod:`cotlib.experiment` runs the whole four-system comparison.
 
 >>> from cotlib import synth
 >>> task = synth.make_task(0, "count_color")
@@ -37,9 +39,15 @@ class EvalResult:
     mean_seconds: float
     stage_words: dict[str, float] = field(default_factory=dict)  # mean words per stage
     rows: list[dict] = field(default_factory=list)
+    note: str = ""  # how the outputs were produced (decoding, subset), shown in reports
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EvalResult:
+        """The inverse of :meth:`to_dict` (reads one entry of ``eval.json``)."""
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def is_correct(task, output: str) -> bool:
@@ -63,27 +71,38 @@ def score(
     *,
     seconds: Sequence[float] | None = None,
     tokens: Sequence[int] | None = None,
+    well_formed: Sequence[bool] | None = None,
+    note: str = "",
 ) -> EvalResult:
-    """Score ``outputs`` (one per task) for the system called ``name``."""
+    """Score ``outputs`` (one per task) for the system called ``name``.
+
+    Format compliance is read from the text (``stages.parse(output).ok``) unless ``well_formed``
+    is given: pass it when the decoder, not the model, wrote the stage tags (staged decoding
+    feeds every opening tag, so the text always parses) — e.g. ``[a.ok for a in answers]``,
+    true only when the model closed every stage itself.
+    """
     if len(tasks) != len(outputs):
         raise ValueError(f"{len(tasks)} tasks but {len(outputs)} outputs: give one output each")
     if not tasks:
         raise ValueError("no tasks to evaluate: pass at least one task")
     seconds = list(seconds) if seconds is not None else [0.0] * len(tasks)
     tokens = list(tokens) if tokens is not None else [0] * len(tasks)
+    if well_formed is not None and len(well_formed) != len(tasks):
+        raise ValueError(f"{len(tasks)} tasks but {len(well_formed)} well_formed flags")
     by_type: dict[str, list[bool]] = defaultdict(list)
     words: dict[str, list[int]] = defaultdict(list)
     rows, formatted = [], 0
-    for task, output, sec, tok in zip(tasks, outputs, seconds, tokens):
+    for i, (task, output, sec, tok) in enumerate(zip(tasks, outputs, seconds, tokens)):
         parsed = stages.parse(output)
         correct = is_correct(task, output)
+        ok = parsed.ok if well_formed is None else bool(well_formed[i]) and parsed.ok
         by_type[task.task_type].append(correct)
-        formatted += parsed.ok
+        formatted += ok
         for stage, text in parsed.stages.items():
             words[stage].append(len(text.split()))
         rows.append({"task_id": task.id, "task_type": task.task_type, "answer": task.answer,
                      "final_answer": stages.final_answer(output), "correct": correct,
-                     "well_formed": parsed.ok, "tokens": tok, "seconds": round(sec, 4),
+                     "well_formed": ok, "tokens": tok, "seconds": round(sec, 4),
                      "output": output})
     n = len(rows)
     return EvalResult(
@@ -96,6 +115,7 @@ def score(
         stage_words={s: round(sum(words[s]) / len(words[s]), 1) for s in stages.STAGES
                      if words[s]},
         rows=rows,
+        note=note,
     )
 
 
@@ -166,3 +186,162 @@ def plot_results(results: Sequence[EvalResult], path: str | Path | None = None):
 def save_results(results: Sequence[EvalResult], path: str | Path) -> None:
     """Write all results (with per-task rows) to ``eval.json``."""
     Path(path).write_text(json.dumps([r.to_dict() for r in results], indent=1))
+
+
+def load_results(path: str | Path) -> list[EvalResult]:
+    """Read ``eval.json`` (written by :func:`save_results`) back into results."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "eval.json"
+    if not path.exists():
+        raise FileNotFoundError(f"No results at {path}: run the experiment first (`cotlib demo` "
+                                "or cotlib.experiment.run_experiment).")
+    return [EvalResult.from_dict(d) for d in json.loads(path.read_text())]
+
+
+def stage_table(results: Sequence[EvalResult]) -> str:
+    """Mean words per stage, one row per system that wrote stages (markdown).
+
+    >>> from cotlib import synth
+    >>> t = synth.make_task(1, "count_shape")
+    >>> r = score("cot", [t], [stages.render("plan it", "c", "r", t.answer)])
+    >>> print(stage_table([r]).splitlines()[-1])
+    | cot | 2.0 | 1.0 | 1.0 | 1.0 |
+    """
+    lines = ["| system | " + " | ".join(stages.STAGES) + " |",
+             "|---|" + "---|" * len(stages.STAGES)]
+    for r in results:
+        if r.stage_words:
+            cells = [f"{r.stage_words[s]:.1f}" if s in r.stage_words else "–"
+                     for s in stages.STAGES]
+            lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def difference_se(a: EvalResult, b: EvalResult) -> float:
+    """Standard error of the accuracy difference ``a - b`` (independent binomial estimates):
+    differences smaller than about two of these are within the noise of ``n`` tasks.
+
+    >>> from cotlib import synth
+    >>> ts = synth.make_tasks(4, seed=9)
+    >>> right = score("a", ts, [t.answer for t in ts])
+    >>> half = score("b", ts, [t.answer for t in ts[:2]] + ["x", "x"])
+    >>> round(difference_se(right, half), 3)
+    0.25
+    """
+    var = a.accuracy * (1 - a.accuracy) / a.n + b.accuracy * (1 - b.accuracy) / b.n
+    return var ** 0.5
+
+
+def plot_overhead(results: Sequence[EvalResult], path: str | Path | None = None):
+    """Accuracy against the price of an answer: generated tokens (left) and seconds (right),
+    both on log scales, one labelled point per system. Up and to the left is better."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, attr, label in ((axes[0], "mean_tokens", "generated tokens per answer"),
+                            (axes[1], "mean_seconds", "seconds per answer")):
+        for i, r in enumerate(results):
+            x = max(getattr(r, attr), 1e-4)
+            ax.scatter(x, r.accuracy, s=70, color=f"C{i}", zorder=3, label=r.name)
+            ax.annotate(f"{r.accuracy:.0%}", (x, r.accuracy), textcoords="offset points",
+                        xytext=(0, 8), ha="center", fontsize=8)
+        ax.set_xscale("log")
+        ax.margins(x=0.15)
+        ax.set_xlabel(label + " (log scale)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_title("accuracy vs tokens")
+    axes[1].set_title("accuracy vs latency")
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_by_type(results: Sequence[EvalResult], path: str | Path | None = None):
+    """Accuracy per task type, one bar per system (grouped)."""
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({k for r in results for k in r.by_type})
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(kinds)), 4))
+    width = 0.8 / max(1, len(results))
+    for i, r in enumerate(results):
+        xs = [k + (i - (len(results) - 1) / 2) * width for k in range(len(kinds))]
+        ax.bar(xs, [r.by_type.get(k, 0.0) for k in kinds], width, label=r.name, color=f"C{i}")
+    ax.set_xticks(range(len(kinds)), kinds, rotation=25, ha="right")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("accuracy by task type")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def best_within_budget(results: Sequence[EvalResult], max_seconds: float) -> str | None:
+    """The system to deploy under a latency budget: the most accurate one whose mean seconds
+    per answer is at most ``max_seconds`` (a tie goes to the faster one); ``None`` if none fits.
+
+    >>> from cotlib import synth
+    >>> t = synth.make_task(1, "count_shape")
+    >>> fast = score("direct", [t], ["9"], seconds=[0.01])
+    >>> slow = score("cot", [t], [t.answer], seconds=[0.5])
+    >>> best_within_budget([fast, slow], 1.0), best_within_budget([fast, slow], 0.1)
+    ('cot', 'direct')
+    """
+    fits = [r for r in results if r.mean_seconds <= max_seconds]
+    if not fits:
+        return None
+    return min(fits, key=lambda r: (-r.accuracy, r.mean_seconds)).name
+
+
+# --------------------------------------------------------------------------------------------
+# exercise checker (notebook 07)
+
+
+def _budget_result(name: str, accuracy: float, seconds: float) -> EvalResult:
+    return EvalResult(name=name, n=100, accuracy=accuracy, by_type={}, format_rate=0.0,
+                      mean_tokens=0.0, mean_seconds=seconds)
+
+
+def budget_cases():
+    """Cases for the notebook 07 exercise ``best_within_budget(results, max_seconds)``."""
+    from cotlib.checks import Case
+
+    base = _budget_result("base", 0.40, 0.01)
+    direct = _budget_result("direct SFT", 0.55, 0.01)
+    cot = _budget_result("CoT SFT", 0.62, 0.30)
+    beam = _budget_result("CoT + beam", 0.64, 1.50)
+    worse = _budget_result("CoT (bad run)", 0.50, 0.30)
+    same = _budget_result("direct, slower server", 0.55, 0.02)
+    systems = [base, direct, cot, beam]
+    return [
+        Case("generous budget", (systems, 2.0), "CoT + beam",
+             "Among the systems that fit the budget, pick the highest accuracy."),
+        Case("beam too slow", (systems, 1.0), "CoT SFT",
+             "A system whose mean_seconds is above max_seconds does not fit."),
+        Case("only direct answers fit", (systems, 0.05), "direct SFT", ""),
+        Case("the budget is inclusive", (systems, 0.30), "CoT SFT",
+             "A system that takes exactly max_seconds fits (<=)."),
+        Case("nothing fits", (systems, 0.001), None,
+             "Return None when no system is fast enough."),
+        Case("reasoning that does not pay", ([base, direct, worse], 1.0), "direct SFT",
+             "Slower is not better: compare accuracy, not tokens."),
+        Case("a tie goes to the faster", ([same, direct], 1.0), "direct SFT",
+             "Equal accuracy: prefer the smaller mean_seconds."),
+        Case("no systems", ([], 1.0), None, ""),
+    ]
+
+
+def check_best_within_budget(fn) -> bool:
+    """Check a learner's ``best_within_budget(results, max_seconds)`` against the library's."""
+    from cotlib.checks import run_cases
+
+    cases = budget_cases()
+    for case in cases:  # the table must agree with the library
+        assert best_within_budget(*case.args) == case.expected, case.name
+    return run_cases("best_within_budget", fn, cases)

@@ -454,3 +454,72 @@ def encode(processor, images: list, texts: list[str], device=None):
         tokenizer.padding_side = "left"  # generation continues at the right edge
     batch = processor(text=list(texts), images=list(images), return_tensors="pt", padding=True)
     return batch.to(device) if device is not None else batch
+
+
+# --------------------------------------------------------------------------------------------
+# The shipped tiny base (data/base) and its checksum
+# --------------------------------------------------------------------------------------------
+
+#: Checksum file of a model folder, in ``sha256sum`` format (``sha256sum -c SHA256SUMS`` works).
+CHECKSUM_FILE = "SHA256SUMS"
+#: Files a checksum does not cover: the checksum itself and the hand-edited model card.
+_UNCHECKED = {CHECKSUM_FILE, "README.md"}
+
+
+def _checked_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name not in _UNCHECKED)
+
+
+def write_checksum(folder: str | os.PathLike) -> Path:
+    """Write ``folder/SHA256SUMS`` covering every file but the model card; return its path.
+
+    >>> import shutil, tempfile
+    >>> copy = shutil.copytree(tiny("idefics3"), Path(tempfile.mkdtemp()) / "model")
+    >>> path = write_checksum(copy)
+    >>> path.name, "config.json" in path.read_text()
+    ('SHA256SUMS', True)
+    """
+    folder = Path(folder)
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}"
+             for p in _checked_files(folder)]
+    path = folder / CHECKSUM_FILE
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def verify_checksum(folder: str | os.PathLike) -> None:
+    """Raise ``ModelLoadError`` unless every file listed in ``folder/SHA256SUMS`` is present and
+    unchanged and no unlisted file was added (the model card is not checked).
+
+    >>> import shutil, tempfile
+    >>> copy = shutil.copytree(tiny("idefics3"), Path(tempfile.mkdtemp()) / "model")
+    >>> verify_checksum(write_checksum(copy).parent)  # no error: intact
+    """
+    folder = Path(folder)
+    listing = folder / CHECKSUM_FILE
+    if not listing.exists():
+        raise ModelLoadError(f"No {CHECKSUM_FILE} in {folder}; cannot verify the model files.")
+    expected = {}
+    for line in listing.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            expected[name.strip().lstrip("*")] = digest
+    problems = [f"missing {n}" for n in expected if not (folder / n).is_file()]
+    problems += [f"changed {n}" for n, d in expected.items() if (folder / n).is_file()
+                 and hashlib.sha256((folder / n).read_bytes()).hexdigest() != d]
+    problems += [f"unlisted {p.name}" for p in _checked_files(folder) if p.name not in expected]
+    if problems:
+        raise ModelLoadError(f"Checksum check failed for {folder}: {', '.join(problems)}. "
+                             "Restore the folder (git checkout data/base) or retrain it with "
+                             "scripts/pretrain_base.py.")
+
+
+def load_base(folder: str | os.PathLike | None = None, **kwargs):
+    """Verify and load the course's pretrained tiny base (``env.BASE_DIR`` unless ``folder``):
+    ``(model, processor)`` via :func:`load`, so ``from_pretrained`` reads it.
+
+    >>> model, processor = load_base()  # doctest: +SKIP
+    """
+    folder = Path(folder) if folder is not None else env.BASE_DIR
+    verify_checksum(folder)
+    return load(folder, **kwargs)

@@ -129,8 +129,12 @@ def lora_targets(model, adapt_vision: bool = False) -> list[str]:
 
 
 def lora_config(r: int = 16, alpha: int | None = None, dropout: float = 0.05,
-                adapt_vision: bool = False):
+                adapt_vision: bool = False, modules_to_save: list[str] | None = None):
     """A PEFT ``LoraConfig`` for a causal VLM (alpha defaults to 2·r).
+
+    ``modules_to_save`` names modules trained in full and saved with the adapter, e.g.
+    ``["lm_head"]`` when the answers use tokens the base model never wrote (a tiny base learning
+    the stage tags).
 
     >>> lora_config(8).target_modules == LM_TARGET_REGEX
     True
@@ -139,6 +143,7 @@ def lora_config(r: int = 16, alpha: int | None = None, dropout: float = 0.05,
 
     return LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r,
                       lora_dropout=dropout, target_modules=target_regex(adapt_vision),
+                      modules_to_save=list(modules_to_save) if modules_to_save else None,
                       bias="none", task_type="CAUSAL_LM")
 
 
@@ -407,6 +412,7 @@ class TrainSettings:
     lora_alpha: int | None = None
     lora_dropout: float = 0.05
     adapt_vision: bool = False
+    modules_to_save: list[str] | None = None  # trained in full, e.g. ["lm_head"]
     max_length: int | None = None
     logging_steps: int = 5
     save_steps: int = 100
@@ -947,7 +953,8 @@ def build_trainer(dataset, settings: TrainSettings | None = None, *, callbacks=N
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         model = get_peft_model(model, lora_config(settings.lora_r, settings.lora_alpha,
-                                                  settings.lora_dropout, settings.adapt_vision))
+                                                  settings.lora_dropout, settings.adapt_vision,
+                                                  settings.modules_to_save))
     if resolved.gradient_checkpointing and not settings.adapt_vision:
         # Checkpoint the language model only: the frozen vision tower then keeps no activations
         # and runs no backward. Non-reentrant checkpointing needs no input gradients.
@@ -1115,7 +1122,8 @@ def training_card(prep: Prepared, output, seconds: float, peak_gb: float, peak_s
         "settings": {k: v for k, v in asdict(s).items() if k != "extra"} | {"extra": str(s.extra)},
         "resolved": asdict(r),
         "lora": {"r": s.lora_r, "alpha": s.lora_alpha or 2 * s.lora_r,
-                 "dropout": s.lora_dropout, "target_modules": target_regex(s.adapt_vision)},
+                 "dropout": s.lora_dropout, "target_modules": target_regex(s.adapt_vision),
+                 "modules_to_save": s.modules_to_save},
         "preset_rationale": PRESETS[r.preset].rationale,
         "loss_curve": [[step, round(loss, 5)] for step, loss in prep.recorder.losses],
         "steps": int(state.global_step),

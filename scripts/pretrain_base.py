@@ -2,18 +2,25 @@
 synthetic tasks, answering *directly* (no reasoning stages) and captioning scenes.
 
 It is the course's stand-in for the instruction-tuned base that LLaVA-CoT started from. The design
-makes a ~4M-parameter model able to learn on 2 CPU cores:
+makes a few-million-parameter model learn on 2 CPU cores:
 
-* scenes are 192 px with a 3x3 grid of 64 px cells; vision patches are 32 px and the connector
-  merges 2x2 patches, so each of the 9 image tokens sees exactly one grid cell;
-* captions ("Describe the image.", 15% of samples) are mixed with the questions, so the model
-  also learns to say what is where — which the CAPTION stage will build on;
-* every sample is a fresh synthetic task (no example is seen twice); loss on the answer only.
+* scenes are 192 px with a 3x3 grid of 64 px cells; the vision patch is one cell (64 px) and the
+  connector does not merge patches (``scale_factor=1``), so each of the 9 image tokens is exactly
+  one grid cell (``--patch 32`` gives the SmolVLM layout: 32 px patches merged 2x2);
+* the model answers with the answer text, also for multiple choice (the course's
+  ``evaluate.is_correct`` accepts the option's letter or its text), so it need not learn the
+  letter mapping;
+* every ``--caption-every``-th batch is captions ("Describe the image."), so the model also learns
+  to say what is where, which the CAPTION stage builds on; question batches and caption batches are
+  kept apart so short answers are not padded to caption length;
+* every sample is a fresh synthetic task (no example is seen twice); loss on the answer only;
+* the run is a fixed number of steps with fixed seeds, so it is reproducible.
 
-    python scripts/pretrain_base.py --minutes 100 --out data/base     # the shipped model
-    python scripts/pretrain_base.py --short --out /tmp/base-short     # a few minutes, for tests
+    python scripts/pretrain_base.py --out data/base   # the shipped model (1 thread, ~1 hour)
+    python scripts/pretrain_base.py --short --out /tmp/base-short    # ~2 minutes, for tests
 
-Writes model + processor (``save_pretrained``), ``training_log.json`` and ``scores.json``.
+Writes model + processor (``save_pretrained``), ``training_log.json``, ``scores.json`` and
+``SHA256SUMS`` (see ``cotlib.models.verify_checksum``).
 """
 
 from __future__ import annotations
@@ -30,72 +37,90 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cotlib import env, models, synth
+from cotlib import env, evaluate, models, synth
 
-SPEC = models.TinySpec(hidden=192, layers=4, heads=6, kv_heads=2, vision_hidden=192,
-                       vision_layers=3, patch_size=32, vocab_size=1024)
 CAPTION_QUESTION = "Describe the image."
 TRAIN_SEED_BASE = 10_000_000  # shipped splits use seeds 1e6..3e6+; never overlap
+HELDOUT_SEED = 4  # make_tasks(seed=4) -> task seeds 4e6+i, also disjoint from training
+MAJORITY_SEED = 5  # a large sample of the generator for the majority answers
+
+
+def spec_for(patch: int) -> models.TinySpec:
+    """The base model's sizes (text and vision widths 192, 4 + 3 layers)."""
+    return models.TinySpec(hidden=192, layers=4, heads=6, kv_heads=2, vision_hidden=192,
+                           vision_layers=3, patch_size=patch, vocab_size=1024)
+
+
+def build(folder: Path, patch: int, seed: int) -> Path:
+    """A fresh random base in ``folder``: the course's tiny Idefics3 (same tokenizer, chat template
+    and special tokens as ``models.tiny('idefics3')``) with one image token per grid cell.
+
+    >>> build(Path("/tmp/base-build-doctest"), 64, 0).name
+    'base-build-doctest'
+    """
+    from transformers import AutoProcessor, Idefics3Config, Idefics3ForConditionalGeneration
+
+    folder = models.tiny("idefics3", folder, spec=spec_for(patch), seed=seed, rebuild=True)
+    cell = synth.DEFAULT_CONFIG.cell
+    if patch == cell // 2:
+        return folder  # models.tiny's layout: 32 px patches merged 2x2 -> 9 tokens
+    if patch != cell:
+        raise ValueError(f"patch must be {cell} (one cell) or {cell // 2} (merged 2x2)")
+    config = Idefics3Config.from_pretrained(folder)
+    config.scale_factor = 1
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config)
+    model.generation_config = Idefics3ForConditionalGeneration.from_pretrained(
+        folder).generation_config
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.image_seq_len = (synth.DEFAULT_CONFIG.image_size // patch) ** 2
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
 def target_text(task: synth.Task) -> str:
-    """What the base model is trained to say: the option letter for MC, else the answer."""
-    return task.answer_letter if task.choices else task.answer
-
-
-def sample(rng: random.Random, step_seed: int, caption_rate: float) -> tuple[synth.Task, str, str]:
-    """One training example: (task, question text, target text)."""
-    task = synth.make_task(step_seed)
-    if rng.random() < caption_rate:
-        return task, CAPTION_QUESTION, synth.describe(task.scene)
-    return task, task.prompt_question(), target_text(task)
+    """What the base is trained to say: the answer text (for multiple choice too)."""
+    return task.answer
 
 
 def pixel_batch(images: list) -> dict[str, torch.Tensor]:
     """Pixel values as the Idefics3 processor makes them for 192 px images (no resize needed)."""
-    arr = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images])
-    arr = arr.float()
-    pixel_values = (arr / 255.0 - 0.5) / 0.5
+    arr = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images]).float()
     return {
-        "pixel_values": pixel_values[:, None],
+        "pixel_values": ((arr / 255.0 - 0.5) / 0.5)[:, None],
         "pixel_attention_mask": torch.ones(len(images), 1, *arr.shape[-2:], dtype=torch.bool),
     }
 
 
+def _expand(processor, text: str) -> str:
+    image_seq = ("<fake_token_around_image><global-img>" + "<image>" * processor.image_seq_len
+                 + "<fake_token_around_image>")
+    return text.replace("<image>", image_seq, 1)
+
+
 def make_batch(processor, examples: list[tuple[synth.Task, str, str]]) -> dict[str, torch.Tensor]:
+    """Tokenized (prompt + target + end) with labels on the target only, plus pixels."""
     tok = processor.tokenizer
-    eos = tok.eos_token
-    prompts = [models.chat_prompt(processor, q) for _, q, _ in examples]
-    full = [p + " " + t + eos for p, (_, _, t) in zip(prompts, examples)]
-    # Expand the image placeholder into image tokens exactly as the processor does.
-    expanded_full = [_expand(processor, s) for s in full]
-    expanded_prompt = [_expand(processor, s) for s in prompts]
+    prompts = [_expand(processor, models.chat_prompt(processor, q)) for _, q, _ in examples]
+    full = [p + " " + t + tok.eos_token for p, (_, _, t) in zip(prompts, examples, strict=True)]
     tok.padding_side = "right"
-    batch = tok(expanded_full, return_tensors="pt", padding=True, add_special_tokens=False)
+    batch = tok(full, return_tensors="pt", padding=True, add_special_tokens=False)
     labels = batch["input_ids"].clone()
     labels[batch["attention_mask"] == 0] = -100
-    for i, p in enumerate(expanded_prompt):
-        n = len(tok(p, add_special_tokens=False)["input_ids"])
-        labels[i, :n] = -100
+    for i, p in enumerate(prompts):
+        labels[i, :len(tok(p, add_special_tokens=False)["input_ids"])] = -100
     batch["labels"] = labels
     batch.update(pixel_batch([task.get_image() for task, _, _ in examples]))
     return batch
 
 
-def _expand(processor, text: str) -> str:
-    image_seq = (
-        "<fake_token_around_image><global-img>" + "<image>" * processor.image_seq_len
-        + "<fake_token_around_image>"
-    )
-    return text.replace("<image>", image_seq, 1)
-
-
 def per_sample_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy averaged per sample, then over the batch: a 1-token answer weighs as much as
-    a 40-token caption (the default token average would let captions dominate)."""
+    """Cross-entropy averaged over each sample's target tokens, then over the batch."""
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits[:, :-1].float()
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].float()
     target = labels[:, 1:]
     token_loss = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
@@ -113,135 +138,230 @@ def answer(model, processor, tasks: list[synth.Task], max_new_tokens: int = 4) -
         prompts = [models.chat_prompt(processor, t.prompt_question()) for t in chunk]
         batch = models.encode(processor, [t.get_image() for t in chunk], prompts)
         ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        texts = processor.batch_decode(ids[:, batch["input_ids"].shape[1]:],
-                                       skip_special_tokens=True)
-        out += [t.strip() for t in texts]
+        out += [t.strip() for t in processor.batch_decode(
+            ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
     return out
 
 
-def evaluate(model, processor, tasks: list[synth.Task], majority: dict[str, str]) -> dict:
-    """Accuracy per task type against chance and the majority answer of the training split."""
+def baselines(tasks: list[synth.Task]) -> dict[str, tuple[str, float]]:
+    """Per task type: the most common answer in ``tasks`` and the number of distinct answers."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for t in tasks:
+        counts[t.task_type][t.answer] += 1
+    return {k: (c.most_common(1)[0][0], len(c)) for k, c in counts.items()}
+
+
+def evaluate_tasks(model, processor, tasks: list[synth.Task],
+                   majority: dict[str, tuple[str, float]]) -> dict:
+    """Accuracy per task type (``evaluate.is_correct``) against the majority answer and chance
+    (1 / options for multiple choice, 1 / distinct answers of the type otherwise)."""
     model.eval()
     preds = answer(model, processor, tasks)
-    by_type: dict[str, list] = defaultdict(list)
-    for task, pred in zip(tasks, preds):
-        by_type[task.task_type].append((task, pred))
-    scores = {}
-    for kind, rows in sorted(by_type.items()):
-        acc = sum(p.lower().rstrip(".") == target_text(t).lower() for t, p in rows) / len(rows)
-        maj = sum(target_text(t) == majority[_key(t)][0] for t, _ in rows) / len(rows)
-        chance = sum(1 / majority[_key(t)][1] for t, _ in rows) / len(rows)
-        scores[kind] = {"n": len(rows), "accuracy": round(acc, 3), "majority": round(maj, 3),
-                        "chance": round(chance, 3)}
     model.train()
+    rows: dict[str, list] = defaultdict(list)
+    for task, pred in zip(tasks, preds, strict=True):
+        maj, n_answers = majority[task.task_type]
+        rows[task.task_type].append((
+            evaluate.is_correct(task, pred), evaluate.is_correct(task, maj),
+            1 / len(task.choices) if task.choices else 1 / n_answers))
+    scores = {}
+    for kind, r in sorted(rows.items()):
+        acc, maj, chance = (sum(x[i] for x in r) / len(r) for i in range(3))
+        scores[kind] = {"n": len(r), "accuracy": round(acc, 3), "majority": round(maj, 3),
+                        "chance": round(chance, 3), "beats_majority_by_15": acc - maj >= 0.15}
+    scores["mean"] = {"n": len(tasks), "accuracy": round(sum(x[0] for r in rows.values()
+                                                             for x in r) / len(tasks), 3),
+                      "majority": round(sum(x[1] for r in rows.values() for x in r)
+                                        / len(tasks), 3)}
     return scores
 
 
-def _key(task: synth.Task) -> tuple[str, bool]:
-    return task.task_type, bool(task.choices)
+def _table(scores: dict) -> list[str]:
+    rows = ["| task type | n | accuracy | majority | chance | accuracy - majority |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for kind, v in scores.items():
+        if kind == "mean":
+            continue
+        mark = " (+15 met)" if v["beats_majority_by_15"] else ""
+        rows.append(f"| {kind} | {v['n']} | {v['accuracy']:.3f} | {v['majority']:.3f} | "
+                    f"{v['chance']:.3f} | {v['accuracy'] - v['majority']:+.3f}{mark} |")
+    m = scores["mean"]
+    rows.append(f"| **all** | {m['n']} | {m['accuracy']:.3f} | {m['majority']:.3f} | | "
+                f"{m['accuracy'] - m['majority']:+.3f} |")
+    return rows
 
 
-def majority_answers(tasks: list[synth.Task]) -> dict[tuple[str, bool], tuple[str, int]]:
-    """For each (task type, multiple choice?): the most common target in ``tasks`` and the number
-    of distinct targets (chance = 1 / that number; for multiple choice, the number of letters)."""
-    counts: dict[tuple[str, bool], Counter] = defaultdict(Counter)
-    for t in tasks:
-        counts[_key(t)][target_text(t)] += 1
-    out = {}
-    for key, c in counts.items():
-        n_options = max(len(c), max((len(t.choices) for t in tasks if _key(t) == key and
-                                     t.choices), default=0))
-        out[key] = (c.most_common(1)[0][0], n_options)
-    return out
+def write_card(folder: Path, note: str = "") -> Path:
+    """Write ``folder/README.md`` (the model card) from its ``training_log.json`` and
+    ``scores.json``: every figure in it is what the run measured."""
+    log = json.loads((folder / "training_log.json").read_text())
+    final = json.loads((folder / "scores.json").read_text())
+    a, hw = log["args"], log["hardware"]
+    test = final["test"]
+    met = [k for k, v in test.items() if k != "mean" and v["beats_majority_by_15"]]
+    size = (folder / "model.safetensors").stat().st_size / 2**20
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in a.items()
+                     if k not in ("out", "short", "max_minutes") and v is not None)
+    curve = ", ".join(f"{e['samples'] // 1000}k: {e['scores']['mean']['accuracy']:.3f}"
+                      for e in log["evals"])
+    lines = [
+        "# cotlib tiny base (Idefics3 / SmolVLM family, pretrained from scratch)", "",
+        "The course's stand-in for an instruction-tuned vision-language base: it captions the "
+        "course's synthetic scenes and answers their questions *directly* (no reasoning stages). "
+        "Later lessons LoRA-fine-tune it on four-stage traces (`cotlib.train`).", "",
+        "```python", "from cotlib import models",
+        "model, processor = models.load_base()  # verifies SHA256SUMS, then from_pretrained",
+        "```", "",
+        "## Model", "",
+        f"- Idefics3ForConditionalGeneration, {log['params']:,} parameters, float32 safetensors "
+        f"({size:.1f} MiB).",
+        "- Text: Llama-style decoder, 4 layers, width 192, 6 heads (2 KV heads). Vision: "
+        "SigLIP-style encoder, 3 layers, width 192, 64 px patches (one patch per grid cell), "
+        "connector without pixel shuffle (`scale_factor=1`): 9 image tokens per 192 px image.",
+        "- Tokenizer and chat template: the course's tiny Idefics3 tokenizer "
+        "(`models.tiny('idefics3')`: byte-level BPE, 1,024 entries, trained on `course_corpus()`), "
+        "so stage-tagged traces encode exactly as for the other tiny models.", "",
+        "## Recipe (`scripts/pretrain_base.py`)", "",
+        f"- `python scripts/pretrain_base.py {flags}`",
+        "- Data: a fresh `synth.make_task(10_000_000 + i)` per sample (all 11 task types, 30% "
+        "multiple choice; never a test, validation or train task). Every "
+        f"{a['caption_every']}th batch asks \"{CAPTION_QUESTION}\" with `synth.describe(scene)` "
+        "as the target; the other batches ask the task's question. Target: the answer text, for "
+        "multiple choice too (`evaluate.is_correct` accepts the option text or its letter).",
+        "- Loss: cross-entropy on the target tokens only, averaged per sample. AdamW (betas 0.9, "
+        f"0.98; weight decay 0.01), peak lr {a['lr']}, {a['warmup']} warm-up steps, cosine to 5%; "
+        "gradient clipping 1.0; batch "
+        f"{a['batch']}; seed {a['seed']}.",
+        f"- Trained {log['steps']:,} steps = {log['samples']:,} samples in "
+        f"{log['train_seconds'] / 60:.1f} min ({log['samples'] / log['train_seconds']:.0f} "
+        f"samples/s) on {hw['device']} ({hw['cpu_count']} cores), {a['threads']} thread(s)"
+        + (f"; {note}" if note else "") + ("; stopped early by --max-minutes (truncated)"
+                                           if log.get("truncated") else "") + ".",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in log["versions"].items()) + "; synth "
+        f"generator version {log['generator_version']}.", "",
+        "## Scores", "",
+        "Greedy direct answers (`max_new_tokens=4`), scored with `cotlib.evaluate.is_correct`. "
+        "Majority = always giving the type's most common answer (from 5,500 generated tasks); "
+        "chance = 1 / options for multiple choice, else 1 / distinct answers of the type.", "",
+        f"### Test split (`data/tasks/test`, {test['mean']['n']} tasks)", "",
+        *_table(test), "",
+        f"Task types at least 15 points above the majority answer: {len(met)} of "
+        f"{len(test) - 1} ({', '.join(met) or 'none'}). With about 11 tasks per type one task "
+        "is 9 points, so single types on the test split are noisy (a standard error of about "
+        "14 points at 50%); the larger held-out set below is the steadier estimate.", "",
+        f"### Held-out generated tasks (`synth.make_tasks({a['heldout']}, seed={HELDOUT_SEED})`)",
+        "", *_table(final["heldout"]), "",
+        f"Learning curve (held-out mean accuracy by samples seen): {curve}.", "",
+        "## Files", "",
+        "`config.json`, `generation_config.json`, `model.safetensors`, tokenizer and processor "
+        "files (`from_pretrained`), `training_log.json` (losses, evaluations, arguments, "
+        "versions, hardware), `scores.json`, and `SHA256SUMS` (all files but this card; "
+        "`sha256sum -c SHA256SUMS` or `cotlib.models.verify_checksum`).", "",
+    ]
+    path = folder / "README.md"
+    path.write_text("\n".join(lines))
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="data/base")
-    ap.add_argument("--minutes", type=float, default=100.0, help="wall-clock training budget")
-    ap.add_argument("--short", action="store_true", help="a few minutes: shows the curve")
+    ap.add_argument("--out", default=str(env.BASE_DIR))
+    ap.add_argument("--steps", type=int, default=4500)
+    ap.add_argument("--short", action="store_true", help="300 small steps (~3 min): the curve")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--caption-rate", type=float, default=0.15)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--patch", type=int, default=64, choices=(32, 64))
+    ap.add_argument("--caption-every", type=int, default=6, help="0: no captions")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--heldout", type=int, default=330)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--card", action="store_true",
+                    help="only (re)write --out's model card from its logs")
+    ap.add_argument("--note", default="", help="a line for the model card (e.g. machine load)")
+    ap.add_argument("--max-minutes", type=float, default=0.0,
+                    help="safety stop: end early (logged as truncated) after this long; 0 = off")
     args = ap.parse_args(argv)
+    if args.card:
+        write_card(Path(args.out), args.note)
+        return 0
     if args.short:
-        args.minutes = min(args.minutes, 4.0)
-        args.eval_every = min(args.eval_every, 150)
+        args.steps, args.batch, args.eval_every, args.heldout = min(args.steps, 300), 32, 100, 110
     torch.set_num_threads(args.threads)
     env.seed_everything(args.seed)
     rng = random.Random(args.seed)
-    out = Path(args.out)
-
-    folder = models.tiny("idefics3", out, spec=SPEC, seed=args.seed, rebuild=True)
+    folder = build(Path(args.out), args.patch, args.seed)
     model, processor = models.load(folder, dtype="float32", device="cpu")
     model.train()
     n_params = models.count_parameters(model)["total"]
-    print(f"model: {n_params:,} parameters; {processor.image_seq_len} image tokens per image")
+    print(f"model: {n_params:,} parameters; {processor.image_seq_len} image tokens", flush=True)
 
-    # Baselines come from a large sample of the same generator (the 240-task train split is too
-    # small to know every answer's frequency).
-    majority = majority_answers(synth.make_tasks(3300, seed=5_000_000))
-    heldout = synth.make_tasks(220 if not args.short else 110, seed=4_000_000)
-
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01,
-                            betas=(0.9, 0.98))
-    budget = args.minutes * 60
-    est_steps = None
-    log = {"losses": [], "evals": [], "args": vars(args), "params": n_params,
-           "versions": env.versions(), "hardware": env.hardware().__dict__}
+    majority = baselines(synth.make_tasks(5500, seed=MAJORITY_SEED))
+    heldout = synth.make_tasks(args.heldout, seed=HELDOUT_SEED)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    log: dict = {"losses": [], "evals": [], "args": vars(args), "params": n_params,
+                 "versions": env.versions(), "hardware": env.hardware().__dict__,
+                 "generator_version": synth.GENERATOR_VERSION}
     started = time.perf_counter()
-    step, seen, running = 0, 0, None
-    while True:
-        elapsed = time.perf_counter() - started
-        if elapsed > budget:
+    seen, run_q, run_c = 0, None, None
+    step, log["truncated"] = 0, False
+    for step in range(1, args.steps + 1):
+        if args.max_minutes and time.perf_counter() - started > args.max_minutes * 60:
+            step, log["truncated"] = step - 1, True
             break
-        if step == 20:
-            est_steps = int(budget / (elapsed / 20))
-        # warmup then cosine over the estimated number of steps
-        total = est_steps or 10**9
-        lr = args.lr * min(1.0, (step + 1) / 100) * (
-            0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total)))))
+        progress = step / args.steps
+        lr = args.lr * min(1.0, step / args.warmup) * (0.05 + 0.95 * 0.5 * (
+            1 + math.cos(math.pi * progress)))
         for group in opt.param_groups:
             group["lr"] = lr
-        examples = [sample(rng, TRAIN_SEED_BASE + seen + i, args.caption_rate)
-                    for i in range(args.batch)]
-        seen += args.batch
-        batch = make_batch(processor, examples)
-        loss = per_sample_loss(model, batch)
+        caption = args.caption_every > 0 and step % args.caption_every == 0
+        examples = []
+        for _ in range(args.batch):
+            task = synth.make_task(TRAIN_SEED_BASE + seen)
+            seen += 1
+            examples.append((task, CAPTION_QUESTION, synth.describe(task.scene)) if caption
+                            else (task, task.prompt_question(), target_text(task)))
+        rng.shuffle(examples)
+        loss = per_sample_loss(model, make_batch(processor, examples))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        step += 1
-        if step % 50 == 0:
-            log["losses"].append({"step": step, "samples": seen, "loss": round(running, 4),
-                                  "seconds": round(time.perf_counter() - started, 1)})
-            print(f"step {step} samples {seen} loss {running:.3f} lr {lr:.2e} "
-                  f"{time.perf_counter() - started:.0f}s", flush=True)
+        if caption:
+            run_c = loss.item() if run_c is None else 0.9 * run_c + 0.1 * loss.item()
+        else:
+            run_q = loss.item() if run_q is None else 0.97 * run_q + 0.03 * loss.item()
+        if step % 25 == 0:
+            secs = time.perf_counter() - started
+            log["losses"].append({"step": step, "samples": seen, "question_loss": round(run_q, 4),
+                                  "caption_loss": run_c and round(run_c, 4),
+                                  "seconds": round(secs, 1)})
+            print(f"step {step} samples {seen} q-loss {run_q:.3f} c-loss {run_c or 0:.3f} "
+                  f"lr {lr:.2e} {secs:.0f}s {seen / secs:.1f} samples/s", flush=True)
         if step % args.eval_every == 0:
-            scores = evaluate(model, processor, heldout, majority)
-            mean = sum(s["accuracy"] for s in scores.values()) / len(scores)
-            log["evals"].append({"step": step, "samples": seen, "mean_accuracy": round(mean, 3),
-                                 "scores": scores})
-            print(f"  eval mean accuracy {mean:.3f}: " + ", ".join(
-                f"{k} {v['accuracy']:.2f}/{v['majority']:.2f}" for k, v in scores.items()),
-                flush=True)
+            scores = evaluate_tasks(model, processor, heldout, majority)
+            log["evals"].append({"step": step, "samples": seen, "scores": scores})
+            print(f"  heldout mean {scores['mean']['accuracy']:.3f}: " + ", ".join(
+                f"{k} {v['accuracy']:.2f}/{v['majority']:.2f}" for k, v in scores.items()
+                if k != "mean"), flush=True)
 
+    if not log["evals"] or log["evals"][-1]["step"] != step:
+        log["evals"].append({"step": step, "samples": seen,
+                             "scores": evaluate_tasks(model, processor, heldout, majority)})
     log["train_seconds"] = round(time.perf_counter() - started, 1)
     log["steps"], log["samples"] = step, seen
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    (folder / "cotlib_tiny.json").unlink(missing_ok=True)
     test = synth.load_split(env.DATA_DIR / "tasks" / "test")
-    final = {"test": evaluate(model, processor, test, majority),
-             "heldout": evaluate(model, processor, synth.make_tasks(660, seed=4_000_000),
-                                 majority)}
+    final = {"test": evaluate_tasks(model, processor, test, majority),
+             "heldout": log["evals"][-1]["scores"]}
     (folder / "training_log.json").write_text(json.dumps(log, indent=1))
     (folder / "scores.json").write_text(json.dumps(final, indent=1))
-    print(json.dumps(final, indent=1))
+    write_card(folder, args.note)
+    models.write_checksum(folder)
+    print(json.dumps(final["test"], indent=1))
     return 0
 
 

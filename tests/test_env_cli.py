@@ -52,12 +52,18 @@ def test_doctor_command(capsys):
 
 
 @pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
-def test_demo_writes_a_report(tmp_path, monkeypatch, tiny_cache, family):
+def test_demo_runs_the_whole_pipeline_in_fast_mode(tmp_path, monkeypatch, tiny_cache, family,
+                                                   capsys):
+    """tasks -> teacher -> filter -> datasets -> two LoRA adapters -> four systems -> report,
+    on a tiny random model of each family (seconds)."""
     monkeypatch.setenv("COTLIB_RUNS", str(tmp_path))
-    assert cli.main(["demo", "--tasks", "2", "--family", family]) == 0
+    assert cli.main(["demo", "--fast", "--base", f"tiny-{family}", "--tasks", "4",
+                     "--beam-tasks", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "[7/7]" in out and "| CoT SFT + beam | 2 |" in out
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "| task type |" in report and report.count("\n| ") >= 3
-    assert os.path.exists(tmp_path / "demo" / "demo.json")
+    assert "| base (direct) | 4 |" in report and "| task type |" in report
+    assert os.path.exists(tmp_path / "demo" / "eval.json")
 
 
 def test_generate_and_teacher_help_reach_their_own_parsers(capsys):

@@ -1,0 +1,121 @@
+"""cotlib.experiment: the four-system comparison, end to end at a tiny scale, and its report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cotlib import cli, env, evaluate, experiment, models, stages, synth
+
+
+def test_missing_base_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(env, "BASE_DIR", tmp_path / "base")
+    with pytest.raises(experiment.ExperimentError, match="scripts/pretrain_base.py"):
+        experiment.base_folder()
+    with pytest.raises(experiment.ExperimentError, match="--base PATH"):
+        experiment.base_folder(tmp_path / "elsewhere")
+    assert experiment.base_folder(models.tiny("idefics3")).name.startswith("idefics3")
+
+
+def test_demo_without_a_base_fails_with_one_clear_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(env, "BASE_DIR", tmp_path / "base")
+    monkeypatch.setenv("COTLIB_RUNS", str(tmp_path / "runs"))
+    assert cli.main(["demo", "--fast"]) == 1
+    err = capsys.readouterr().err
+    assert "no base model" in err and "scripts/pretrain_base.py" in err
+
+
+def test_extra_task_seed_does_not_overlap_the_shipped_splits():
+    shipped = {t.seed for split in ("train", "val", "test")
+               for t in synth.load_split(env.DATA_DIR / "tasks" / split)}
+    extra = {t.seed for t in synth.make_tasks(400, seed=experiment.EXTRA_TASK_SEED)}
+    assert not shipped & extra
+    assert max(extra) < 10_000_000  # the base's pretraining stream starts there
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    """One whole experiment in fast mode on the tiny random idefics3 model (~15 s)."""
+    run = tmp_path_factory.mktemp("experiment")
+    config = experiment.ExperimentConfig.fast(base=str(models.tiny("idefics3")))
+    lines: list[str] = []
+    result = experiment.run_experiment(config, run, log=lines.append)
+    return run, result, lines
+
+
+def test_fast_run_writes_the_run_folder(fast_run):
+    run, result, lines = fast_run
+    for name in ("tasks/tasks.jsonl", "traces.jsonl", "verdicts.jsonl", "dataset",
+                 "dataset_direct", "adapter/adapter_config.json",
+                 "adapter_direct/adapter_config.json", "eval.json", "experiment.json",
+                 "overhead.png", "by_type.png", "report.md"):
+        assert (run / name).exists(), name
+    assert [line[:5] for line in lines if line.startswith("[")] == [
+        f"[{k}/7]" for k in range(1, 8)]
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert "lm_head" in adapter["modules_to_save"]  # trained in full next to LoRA
+    info = json.loads((run / "experiment.json").read_text())
+    assert info["kept"] <= info["traces"] == 24
+    assert info["training"]["CoT SFT"]["steps"] == info["training"]["direct SFT"]["steps"]
+
+
+def test_fast_run_scores_four_systems_and_the_report_shows_them(fast_run):
+    run, result, _ = fast_run
+    results = evaluate.load_results(run)
+    assert [r.name for r in results] == list(experiment.SYSTEMS)
+    assert [r.n for r in results] == [8, 8, 8, 3]  # beam search on a subset, as configured
+    assert results[0].format_rate == 0.0  # direct answers have no stages
+    assert results[3].mean_tokens > results[0].mean_tokens  # the search samples many tokens
+    assert all(len(r.rows) == r.n for r in results)
+    assert experiment.table_matches_report(run)
+    report = result.report.read_text()
+    assert "on the first 3 of the 8 test tasks" in report
+    assert "## Reading" in report and "Format compliance after CoT SFT" in report
+
+
+def test_direct_sft_trains_on_answers_only(fast_run):
+    from cotlib import data
+
+    run, _, _ = fast_run
+    direct = data.load(run / "dataset_direct")["train"]
+    cot = data.load(run / "dataset")["train"]
+    assert direct["task_id"] == cot["task_id"]  # the same tasks
+    texts = [c[0]["content"][0]["text"] for c in direct["completion"]]
+    assert not any("<" in t for t in texts) and max(len(t.split()) for t in texts) <= 2
+    assert all(stages.is_valid(c[0]["content"][0]["text"]) for c in cot["completion"])
+
+
+def _result(name, tasks, correct, seconds=0.1, tokens=2):
+    outputs = [t.answer if ok else "wrong" for t, ok in zip(tasks, correct)]
+    return evaluate.score(name, tasks, outputs, seconds=[seconds] * len(tasks),
+                          tokens=[tokens] * len(tasks))
+
+
+def test_reading_follows_the_numbers():
+    tasks = synth.make_tasks(100, seed=31)
+    low = _result("direct", tasks, [i < 30 for i in range(100)])
+    high = _result("cot", tasks, [i < 70 for i in range(100)], seconds=0.5, tokens=80)
+    same = _result("cot", tasks, [i < 32 for i in range(100)], seconds=0.5, tokens=80)
+    assert "reasoning paid" in experiment.reading([low, low, high, high])[2]
+    assert "hurt" in experiment.reading([high, high, low, low])[2]
+    assert "cannot tell" in experiment.reading([low, low, same, same])[2]
+    assert "40x the generated tokens and 5.0x the seconds" in experiment.reading(
+        [low, low, high, high])[1]
+
+
+def test_same_tasks_rescores_on_a_subset():
+    tasks = synth.make_tasks(10, seed=32)
+    full = _result("cot", tasks, [i % 2 == 0 for i in range(10)])
+    beam = _result("beam", tasks[:4], [True] * 4)
+    sub = experiment.same_tasks(full, beam)
+    assert sub.n == 4 and sub.accuracy == 0.5
+    assert experiment.same_tasks(full, full) is full
+
+
+def test_module_doctests():
+    import doctest
+
+    for module in (experiment, evaluate):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
