@@ -68,8 +68,49 @@ def main(argv: list[str] | None = None) -> int:
                     fast=args.fast or env.is_fast())
     if args.command == "doctor":
         print(env.report())
+        print(offline_check())
         return 0
     return 2  # `teacher` without `serve`: argparse has already explained the choices
+
+
+def offline_check() -> str:
+    """What the course needs with no internet: the shipped tasks and base model (checksum
+    verified), the cached tiny twins, and Chromium for the browser test — one line each.
+
+    >>> "shipped tasks" in offline_check()
+    True
+    """
+    import shutil
+
+    from cotlib import models
+
+    lines = []
+    counts = {}
+    for split in ("train", "val", "test"):
+        path = env.DATA_DIR / "tasks" / split / "tasks.jsonl"
+        counts[split] = len(path.read_text().splitlines()) if path.exists() else 0
+    ok = all(counts.values())
+    lines.append(f"shipped tasks: {'ok' if ok else 'MISSING'} "
+                 f"({', '.join(f'{k} {v}' for k, v in counts.items())})"
+                 + ("" if ok else " - restore data/ with git checkout data"))
+    if not (env.BASE_DIR / "config.json").exists():
+        lines.append("shipped base : MISSING data/base - git checkout data/base, or rebuild it "
+                     "with python scripts/pretrain_base.py")
+    else:
+        try:
+            models.verify_checksum(env.BASE_DIR)
+            lines.append("shipped base : ok (checksum verified)")
+        except models.ModelLoadError as err:
+            lines.append(f"shipped base : {err}")
+    cache = models.tiny_cache_dir() / "tiny"
+    cached = [f for f in models.FAMILIES if any(cache.glob(f"{f}-*/cotlib_tiny.json"))]
+    lines.append(f"tiny twins   : {', '.join(cached) or 'none cached yet'} "
+                 "(built offline on first use, seconds)")
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
+                    if shutil.which(b)), None)
+    lines.append(f"chromium     : {browser or 'not found (only the browser test needs it: '}"
+                 + ("" if browser else "apt-get install chromium)"))
+    return "\n".join(lines)
 
 
 def demo(run: str = "demo", *, base: str | None = None, n_tasks: int | None = None,

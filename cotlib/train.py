@@ -455,9 +455,19 @@ def resolve_model(name: str | os.PathLike) -> str:
     return models.resolve(text)
 
 
+#: Marker files of the course's own small models, whose image layout is fixed by design (9 image
+#: tokens per 192 px scene): a twin from :func:`cotlib.models.tiny` or the shipped base.
+COURSE_MODEL_MARKERS = ("cotlib_tiny.json", "cotlib_base.json")
+
+
 def is_tiny(model_source: str) -> bool:
-    """True for a folder written by :func:`cotlib.models.tiny`."""
-    return (Path(model_source) / "cotlib_tiny.json").exists()
+    """True for a course model (:func:`cotlib.models.tiny` or the shipped ``data/base``): presets
+    then leave its image size alone.
+
+    >>> is_tiny(str(models.tiny("idefics3"))), is_tiny("HuggingFaceTB/SmolVLM-256M-Instruct")
+    (True, False)
+    """
+    return any((Path(model_source) / name).exists() for name in COURSE_MODEL_MARKERS)
 
 
 # --------------------------------------------------------------------------------------------

@@ -262,7 +262,9 @@ def load_model(
         if use_stand_in is None:
             use_stand_in = env.is_fast()
         if not use_stand_in and (base / "config.json").exists():
-            model, processor = models.load(base)
+            # the shipped base is verified against its SHA256SUMS first
+            model, processor = (models.load_base(base) if (base / models.CHECKSUM_FILE).exists()
+                                else models.load(base))
             return LoadedModel(model, processor, choice,
                                f"tiny base: the course's pretrained model in {_short_path(base)}",
                                str(base))

@@ -191,6 +191,18 @@ def _table(scores: dict) -> list[str]:
     return rows
 
 
+def mark_course_model(folder: Path, log: dict) -> Path:
+    """Replace ``models.tiny``'s marker with ``cotlib_base.json``: training then keeps the base's
+    image layout (``cotlib.train.is_tiny``), and nothing mistakes it for a random twin."""
+    (folder / "cotlib_tiny.json").unlink(missing_ok=True)
+    path = folder / "cotlib_base.json"
+    path.write_text(json.dumps({
+        "what": "cotlib tiny base, pretrained by scripts/pretrain_base.py",
+        "image_size": synth.DEFAULT_CONFIG.image_size, "image_tokens": 9,
+        "steps": log.get("steps"), "seed": log["args"]["seed"]}, indent=1))
+    return path
+
+
 def write_card(folder: Path, note: str = "") -> Path:
     """Write ``folder/README.md`` (the model card) from its ``training_log.json`` and
     ``scores.json``: every figure in it is what the run measured."""
@@ -255,7 +267,8 @@ def write_card(folder: Path, note: str = "") -> Path:
         "## Files", "",
         "`config.json`, `generation_config.json`, `model.safetensors`, tokenizer and processor "
         "files (`from_pretrained`), `training_log.json` (losses, evaluations, arguments, "
-        "versions, hardware), `scores.json`, and `SHA256SUMS` (all files but this card; "
+        "versions, hardware), `scores.json`, `cotlib_base.json` (marks a course model: "
+        "training keeps its image layout), and `SHA256SUMS` (all files but this card; "
         "`sha256sum -c SHA256SUMS` or `cotlib.models.verify_checksum`).", "",
     ]
     path = folder / "README.md"
@@ -353,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     log["steps"], log["samples"] = step, seen
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    (folder / "cotlib_tiny.json").unlink(missing_ok=True)
+    mark_course_model(folder, log)
     test = synth.load_split(env.DATA_DIR / "tasks" / "test")
     final = {"test": evaluate_tasks(model, processor, test, majority),
              "heldout": log["evals"][-1]["scores"]}

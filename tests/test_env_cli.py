@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -48,7 +49,23 @@ def test_run_dir_is_shared(tmp_path, monkeypatch):
 
 def test_doctor_command(capsys):
     assert cli.main(["doctor"]) == 0
-    assert "device" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "device" in out and "shipped tasks: ok (train 240, val 60, test 120)" in out
+    assert "shipped base :" in out and "chromium     :" in out
+
+
+def test_doctor_names_a_damaged_shipped_base(tmp_path, monkeypatch):
+    from cotlib import models
+
+    base = tmp_path / "base"
+    monkeypatch.setattr(env, "BASE_DIR", base)
+    assert "shipped base : MISSING data/base" in cli.offline_check()
+    shutil.copytree(models.tiny("idefics3"), base)
+    assert "No SHA256SUMS" in cli.offline_check()
+    models.write_checksum(base)
+    assert "shipped base : ok (checksum verified)" in cli.offline_check()
+    (base / "config.json").write_text("{}")
+    assert "changed config.json" in cli.offline_check()
 
 
 @pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from cotlib import env, evaluate, models, stages, synth
+from cotlib import env, evaluate, models, stages, synth, train
 
 sys.path.insert(0, str(env.REPO_ROOT / "scripts"))
 import pretrain_base as pb  # noqa: E402
@@ -69,7 +69,7 @@ def test_checksum_detects_a_changed_a_missing_and_an_added_file(tmp_path):
                     reason="no shipped base in data/base")
 def test_shipped_base_loads_verified_and_answers_as_its_card_says():
     model, processor = models.load_base(dtype="float32", device="cpu")
-    assert model.config.model_type == "idefics3"
+    assert model.config.model_type == "idefics3" and train.is_tiny(str(env.BASE_DIR))
     assert (env.BASE_DIR / "model.safetensors").stat().st_size <= 25 * 2**20
     # the course's tokenizer: stage-tagged traces encode as for every other tiny model
     _, course = models.load(models.tiny("idefics3"))
@@ -98,6 +98,8 @@ def test_short_mode_shows_a_falling_learning_curve(tmp_path):
     assert captions[-1] < 0.5 * captions[0]  # it learns to describe scenes
     assert log["evals"] and set(log["evals"][-1]["scores"]) >= set(synth.TASK_TYPES)
     models.verify_checksum(folder)
+    assert train.is_tiny(str(folder))  # cotlib_base.json: presets keep its 9-token layout
+    assert not (folder / "cotlib_tiny.json").exists()
     from transformers import AutoModelForImageTextToText
 
     assert AutoModelForImageTextToText.from_pretrained(folder).config.scale_factor == 1
