@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tasks", type=int, default=None,
                       help="test tasks to answer (default: all 120 of data/tasks/test)")
     demo.add_argument("--beam-tasks", type=int, default=None,
-                      help="test tasks for the beam-search row (default: as many as --tasks)")
+                      help="test tasks for the beam-search row (default: the first 24)")
     demo.add_argument("--extra-tasks", type=int, default=None,
                       help="synthetic training tasks generated beyond the shipped 240")
     demo.add_argument("--epochs", type=float, default=None, help="LoRA epochs (both adapters)")

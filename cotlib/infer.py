@@ -790,7 +790,7 @@ def continue_from(
     return generate_stages(model, processor, image, question, given=stages_so_far, **kwargs)
 
 
-def generate_text(
+def generate_ids(
     model,
     processor,
     images: Sequence[Any],
@@ -798,17 +798,18 @@ def generate_text(
     *,
     max_new_tokens: int = 64,
     sampling: Sampling | None = None,
-) -> list[str]:
-    """Free-text answers to ready-made chat prompts (one image each), batched; stops at the
-    end-of-answer token. Used by the model-as-judge in :mod:`cotlib.search`.
+) -> list[list[int]]:
+    """The new token ids for ready-made chat prompts (one image each), decoded as one batch on
+    a shared cache; each row stops at its end-of-answer token (not included). Greedy unless
+    ``sampling`` is given: row ``i`` gets the same tokens as decoding prompt ``i`` alone.
 
     >>> model, processor = models.load(models.tiny("idefics3"))
     >>> from PIL import Image
-    >>> prompt = models.chat_prompt(processor, "Which is better?")
-    >>> texts = generate_text(model, processor, [Image.new("RGB", (64, 64))], [prompt],
-    ...                       max_new_tokens=4)
-    >>> len(texts)
-    1
+    >>> prompt = models.chat_prompt(processor, "How many?")
+    >>> ids = generate_ids(model, processor, [Image.new("RGB", (64, 64))] * 2, [prompt] * 2,
+    ...                    max_new_tokens=4)
+    >>> len(ids), ids[0] == ids[1]
+    (2, True)
     """
     import torch
 
@@ -834,7 +835,32 @@ def generate_text(
             if all(done):
                 break
             _feed(state, feed)
-    return [_decode(processor, ids) for ids in out]
+    return out
+
+
+def generate_text(
+    model,
+    processor,
+    images: Sequence[Any],
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    sampling: Sampling | None = None,
+) -> list[str]:
+    """Free-text answers to ready-made chat prompts (one image each), batched; stops at the
+    end-of-answer token. Used by the model-as-judge in :mod:`cotlib.search`.
+
+    >>> model, processor = models.load(models.tiny("idefics3"))
+    >>> from PIL import Image
+    >>> prompt = models.chat_prompt(processor, "Which is better?")
+    >>> texts = generate_text(model, processor, [Image.new("RGB", (64, 64))], [prompt],
+    ...                       max_new_tokens=4)
+    >>> len(texts)
+    1
+    """
+    rows = generate_ids(model, processor, images, prompts, max_new_tokens=max_new_tokens,
+                        sampling=sampling)
+    return [_decode(processor, ids) for ids in rows]
 
 
 def generate_one_pass(

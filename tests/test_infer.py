@@ -95,6 +95,26 @@ def test_memorised_model_staged_equals_one_pass(memorised):
     assert naive.completion_ids == staged.completion_ids
 
 
+def test_generate_ids_batched_rows_equal_decoding_alone(memorised, tasks):
+    """Rows of different prompt lengths and images in one batch: each row gets the tokens one
+    uninterrupted greedy ``generate`` gives it alone (the end-of-answer token not included)."""
+    _, model, processor, task = memorised
+    other = tasks[1]
+    questions = [task.prompt_question(), other.prompt_question() + " Think about it carefully."]
+    images = [task.get_image(), other.get_image()]
+    rows = infer.generate_ids(model, processor, images,
+                              [models.chat_prompt(processor, q) for q in questions],
+                              max_new_tokens=80)
+    eos = infer._eos_ids(model, processor)
+    for row, image, question in zip(rows, images, questions):
+        alone, _ = infer.generate_one_pass(model, processor, image, question, max_new_tokens=80)
+        while alone and alone[-1] in eos:
+            alone = alone[:-1]
+        assert row == alone
+    assert stages.parse(infer.generate_text(model, processor, images[:1], [
+        models.chat_prompt(processor, questions[0])], max_new_tokens=80)[0]).ok
+
+
 def test_memorised_model_continue_from(memorised):
     _, model, processor, task = memorised
     staged = infer.generate_stages(model, processor, *_q(task))
