@@ -8,6 +8,8 @@ STAMP := $(VENV)/.cotlib-installed
 # TORCH_INDEX_URL (a CPU wheel index) to choose another build, e.g. a CPU-only one.
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX_URL ?=
+# pytest workers for `make test` (files and notebooks stay whole on one worker)
+TEST_WORKERS ?= 2
 OFFLINE := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
 
 .PHONY: env demo test test-fast lab lint notebooks check-data doctor clean
@@ -29,6 +31,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(OFFLINE) COTLIB_FAST=1 $(BIN)/python -m pytest tests notebooks solutions \
+	  -n $(TEST_WORKERS) --dist loadfile \
 	  --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 test-fast: $(STAMP)

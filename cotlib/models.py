@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -402,12 +404,27 @@ def tiny(
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.do_sample = False
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(target)
-    processor.save_pretrained(target)
+    # in the cache: written next to the target, then renamed into place, so processes that build
+    # the same model at once (parallel test workers) never see a half-written folder
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target if folder else Path(
+        tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging.mkdir(exist_ok=True)
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
     info = {"family": family, "spec": asdict(spec), "seed": seed, "key": key,
             "parameters": sum(p.numel() for p in model.parameters())}
-    (target / "cotlib_tiny.json").write_text(json.dumps(info, indent=2))
+    (staging / "cotlib_tiny.json").write_text(json.dumps(info, indent=2))
+    if staging == target:  # a folder of the caller's: written in place
+        return target
+    if target.exists() and (rebuild or not (target / "cotlib_tiny.json").exists()):
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "cotlib_tiny.json").exists():
+            raise
     return target
 
 

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(env.BASE_DIR))
     ap.add_argument("--steps", type=int, default=4500)
-    ap.add_argument("--short", action="store_true", help="300 small steps (~3 min): the curve")
+    ap.add_argument("--short", action="store_true", help="200 small steps (~2 min): the curve")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=200)
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         write_card(Path(args.out), args.note)
         return 0
     if args.short:
-        args.steps, args.batch, args.eval_every, args.heldout = min(args.steps, 300), 32, 100, 110
+        args.steps, args.batch, args.eval_every, args.heldout = min(args.steps, 200), 32, 100, 66
     torch.set_num_threads(args.threads)
     env.seed_everything(args.seed)
     rng = random.Random(args.seed)

@@ -107,3 +107,18 @@ def test_presets_name_real_models():
 def test_network_is_blocked_in_tests():
     with pytest.raises(RuntimeError, match="offline"):
         socket.create_connection(("93.184.216.34", 80), timeout=1)
+
+
+def test_tiny_cache_builds_by_renaming_into_place(tmp_path, monkeypatch):
+    """Cache builds are staged next to the target and renamed in: no half-written folder is
+    ever visible to a parallel worker, a rebuild replaces the folder, nothing is left behind."""
+    monkeypatch.setenv("COTLIB_CACHE", str(tmp_path))
+    folder = models.tiny("idefics3")
+    first = (folder / "model.safetensors").stat().st_mtime_ns
+    (folder / "stale.txt").write_text("from an older build")
+    assert models.tiny("idefics3", rebuild=True) == folder
+    assert not (folder / "stale.txt").exists()
+    assert (folder / "model.safetensors").stat().st_mtime_ns >= first
+    (folder / "cotlib_tiny.json").unlink()  # a build killed before its marker: built again
+    assert models.tiny("idefics3") == folder and (folder / "cotlib_tiny.json").exists()
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no staging folders
