@@ -8,7 +8,7 @@ STAMP := $(VENV)/.cotlib-installed
 # TORCH_INDEX_URL (a CPU wheel index) to choose another build, e.g. a CPU-only one.
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX_URL ?=
-# pytest workers for `make test` (files and notebooks stay whole on one worker)
+# pytest workers for `make test`: each file or notebook runs whole on one (see conftest.py)
 TEST_WORKERS ?= 2
 OFFLINE := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
 

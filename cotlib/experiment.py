@@ -178,7 +178,10 @@ def make_traces(tasks: Sequence, run: Path, config: ExperimentConfig) -> list[di
         tc = teacher.TeacherConfig(model=teacher.LOCAL_MODEL, base_url=server.base_url,
                                    concurrency=8)
         teacher.run_generation(tasks, path, tc, progress=False)
-    return filtering.read_traces(path)
+    # the file is in arrival order, which concurrency shuffles: put the records in task order so
+    # that the datasets, and the training runs, are the same from one run to the next
+    order = {task.id: i for i, task in enumerate(tasks)}
+    return sorted(filtering.read_traces(path), key=lambda r: order.get(r["task_id"], len(order)))
 
 
 def filter_and_build(records: list[dict], tasks: Sequence, run: Path) -> dict[str, Any]:

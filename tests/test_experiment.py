@@ -58,6 +58,13 @@ def test_fast_run_writes_the_run_folder(fast_run):
     info = json.loads((run / "experiment.json").read_text())
     assert info["kept"] <= info["traces"] == 24
     assert info["training"]["CoT SFT"]["steps"] == info["training"]["direct SFT"]["steps"]
+    # rows follow the task order, not the teacher's arrival order: reruns train on the same data
+    from datasets import load_from_disk
+
+    order = [json.loads(line)["id"] for line in
+             (run / "tasks" / "tasks.jsonl").read_text().splitlines() if line.strip()]
+    ids = load_from_disk(str(run / "dataset"))["train"]["task_id"]
+    assert ids == sorted(ids, key=order.index) and len(ids) == info["kept"]
 
 
 def test_fast_run_scores_four_systems_and_the_report_shows_them(fast_run):
