@@ -71,7 +71,7 @@ class ExperimentConfig:
     fault_rate: float = 0.1  # share of traces the local teacher breaks, per fault kind
     #: Tuned on the shipped base (430 kept traces, greedy, 2 threads; format compliance on 40
     #: test tasks unless said): batch 8, 6 epochs, lr 3e-3 -> 10%; 10 epochs -> 87.5%; batch
-    #: 4, 6 epochs -> 75%; batch 4, 8 epochs, lr 2e-3 -> 100% (98.3% on all 120 in the demo);
+    #: 4, 6 epochs -> 75%; batch 4, 8 epochs, lr 2e-3 -> 100% (all 120 in two demos: 98.3%, 90.0%);
     #: batch 4, 6 epochs, lr 2e-3 -> 64% (120); batch 2, 6 epochs, lr 1.5e-3 -> 90% (120).
     #: Accuracy after CoT SFT stayed 5-15% throughout.
     epochs: float = 8.0
@@ -243,7 +243,8 @@ def answer_freely(model, processor, tasks: Sequence, max_new_tokens: int,
     """Greedy decoding of ``batch_size`` tasks at a time on a shared cache
     (:func:`cotlib.infer.generate_ids`: each row gets the tokens it would get alone), stopped at
     the end-of-answer token: nothing is forced, the text is all the model's own. Seconds per
-    answer are a batch's wall time divided by its size (throughput, the same for every system).
+    answer are a batch's wall time divided by its size (throughput; the same for each system
+    answered this way).
 
     Direct-answer systems and the CoT SFT system are answered this way.
     """
