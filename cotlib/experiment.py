@@ -71,7 +71,7 @@ class ExperimentConfig:
     fault_rate: float = 0.1  # share of traces the local teacher breaks, per fault kind
     #: Tuned on the shipped base (430 kept traces, greedy, 2 threads; format compliance on 40
     #: test tasks unless said): batch 8, 6 epochs, lr 3e-3 -> 10%; 10 epochs -> 87.5%; batch
-    #: 4, 6 epochs -> 75%; batch 4, 8 epochs, lr 2e-3 -> 100% (all 120 in two demos: 98.3%, 90.0%);
+    #: 4, 6 epochs -> 75%; batch 4, 8 epochs, lr 2e-3 -> 100% (120, 3 demos: 98.3, 90.0, 80.8%);
     #: batch 4, 6 epochs, lr 2e-3 -> 64% (120); batch 2, 6 epochs, lr 1.5e-3 -> 90% (120).
     #: Accuracy after CoT SFT stayed 5-15% throughout.
     epochs: float = 8.0
