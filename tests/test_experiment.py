@@ -61,8 +61,7 @@ def test_fast_run_writes_the_run_folder(fast_run):
     # rows follow the task order, not the teacher's arrival order: reruns train on the same data
     from datasets import load_from_disk
 
-    order = [json.loads(line)["id"] for line in
-             (run / "tasks" / "tasks.jsonl").read_text().splitlines() if line.strip()]
+    order = [task.id for task in synth.load_split(run / "tasks")]
     ids = load_from_disk(str(run / "dataset"))["train"]["task_id"]
     assert ids == sorted(ids, key=order.index) and len(ids) == info["kept"]
 
