@@ -3,10 +3,12 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cotlib-installed
-# torch + torchvision. torchvision is needed by Qwen-VL processors in transformers 5.
-# On a machine with an NVIDIA GPU pip takes the default (CUDA) build; set TORCH_PKGS or
-# TORCH_INDEX_URL (a CPU wheel index) to choose another build, e.g. a CPU-only one.
+# torch + torchvision (Qwen-VL processors in transformers 5 need torchvision). With an NVIDIA GPU
+# (nvidia-smi found) pip takes PyPI's default CUDA build. Without one, the CPU build from
+# TORCH_CPU_INDEX (a few hundred MB instead of several GB); where that index cannot be reached
+# (an offline mirror of PyPI), PyPI's build, which runs on a CPU too. TORCH_INDEX_URL forces an index.
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
 # pytest workers for `make test`: each file or notebook runs whole on one (see conftest.py)
 TEST_WORKERS ?= 2
@@ -22,7 +24,18 @@ $(STAMP): pyproject.toml
 	  { echo "cotlib needs Python 3.10-3.12; found $$($(PY) --version). Try: make PY=python3.11 ..."; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) $(TORCH_PKGS)
+	@if [ -n "$(TORCH_INDEX_URL)" ]; then \
+	  $(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX_URL) $(TORCH_PKGS); \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip install --quiet $(TORCH_PKGS); \
+	else \
+	  echo "no NVIDIA GPU: installing torch's CPU build from $(TORCH_CPU_INDEX)"; \
+	  $(BIN)/python -m pip install --quiet --retries 0 --timeout 20 \
+	    --index-url $(TORCH_CPU_INDEX) $(TORCH_PKGS) 2>/dev/null || \
+	  { echo "$(TORCH_CPU_INDEX) not reachable: installing PyPI's torch (runs on the CPU too)"; \
+	    $(BIN)/python -m pip install --quiet $(TORCH_PKGS); }; \
+	fi
+	@$(BIN)/python -c "import torch; print('torch', torch.__version__)"
 	$(BIN)/python -m pip install --quiet -e ".[course,dev]"
 	touch $(STAMP)
 

@@ -123,41 +123,46 @@ class Faults:
 # -----------------------------------------------------------------------------
 # writing a trace (pure functions: no server needed)
 
+#: The local teacher's wording varies like a real teacher's (three plans per question kind, three
+#: caption leads, three closers) but keeps to words of the course's scenes and questions: the
+#: shipped base's 695-token vocabulary spells other words letter by letter, and the tiny model's
+#: format broke in such words: with an earlier wording (32 tokens per plan, 24 now), 10 of a
+#: demo's 12 badly formatted answers garbled the SUMMARY and lost its closing tag.
 _PLANS: dict[str, tuple[str, ...]] = {
     "count": (
-        "I will look for every {target} in the grid and count them.",
-        "The question asks for a count, so I will list the {target}s one by one and count them.",
-        "To answer, I will scan the grid cell by cell for {target}s and count the matches.",
+        "I will look at the grid and count the {target}s.",
+        "The question is how many {target}s there are, so I will look at the grid and count them.",
+        "To answer, I will look at the grid cell by cell and count the {target}s.",
     ),
     "compare_counts": (
-        "I will count both groups separately and compare the two numbers.",
-        "To decide, I will count each of the two groups and check whether the first is larger.",
-        "I will find the objects of each kind, count them, and compare the counts.",
+        "I will count the two sets of objects and compare the counts.",
+        "To answer, I will count the objects of the two sets, then see which has more.",
+        "I will count the objects the question is about and find which set has more.",
     ),
     "count_sum": (
-        "I will count each of the two groups and add the counts.",
-        "The question asks for a total, so I will count both groups and sum them.",
-        "I will list the objects of each kind, count them, and add the two counts.",
+        "I will count the two sets of objects and add the counts.",
+        "The question asks for a total, so I will count the two sets and add them.",
+        "I will count the objects of the two sets, then add the two counts for the total.",
     ),
     "spatial": (
-        "I will locate the objects the question mentions and check their positions in the grid.",
-        "To answer, I will find the named object and look at where the others are relative to it.",
-        "I will work out the grid cells of the relevant objects and compare their positions.",
+        "I will find the objects in the question and look at their cells in the grid.",
+        "To answer, I will find the relevant objects and look at where they are in the grid.",
+        "I will find the cells of the relevant objects and compare their positions.",
     ),
     "color_of_shape": (
-        "I will find the shape the question describes and read off its color.",
-        "To answer, I will pick out the described shape by its size and report its color.",
-        "I will check the shapes of that kind, find the one of the right size and name its color.",
+        "I will find the shape the question is about and look at its color.",
+        "To answer, I will find the shape of that size and give its color.",
+        "I will look at the shapes of that kind, find the one of that size and give its color.",
     ),
     "bars": (
-        "I will read the height of each bar against the gridlines and then answer.",
-        "The image is a bar chart, so I will read every bar's value from the gridlines first.",
-        "To answer, I will measure the bars against the horizontal gridlines and compare them.",
+        "I will read the height of every bar from the gridlines, then answer.",
+        "The image is a bar chart, so I will read the value of every bar from the gridlines.",
+        "To answer, I will read the bars on the gridlines and compare their values.",
     ),
 }
-_CAPTION_LEADS = ("", "The image shows the following. ", "Looking at the image: ")
-_CLOSERS = ("So the answer is {answer}.", "Therefore, the answer is {answer}.",
-            "This gives {answer}.")
+_CAPTION_LEADS = ("", "The image shows: ", "In the image: ")
+_CLOSERS = ("So the answer is {answer}.", "The final answer is {answer}.",
+            "That makes the answer {answer}.")
 _REFUSALS = (
     "I'm sorry, I can't help with that.",
     "I'm sorry, but I can't assist with this request.",

@@ -17,7 +17,7 @@ makes a few-million-parameter model learn on 2 CPU cores:
 * the run is a fixed number of steps with fixed seeds, so it is reproducible.
 
     python scripts/pretrain_base.py --out data/base   # the shipped model (1 thread, ~1 hour)
-    python scripts/pretrain_base.py --short --out /tmp/base-short    # ~2 minutes, for tests
+    python scripts/pretrain_base.py --short --out /tmp/base-short    # ~1.5 minutes, for tests
 
 Writes model + processor (``save_pretrained``), ``training_log.json``, ``scores.json`` and
 ``SHA256SUMS`` (see ``cotlib.models.verify_checksum``).
@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(env.BASE_DIR))
     ap.add_argument("--steps", type=int, default=4500)
-    ap.add_argument("--short", action="store_true", help="200 small steps (~2 min): the curve")
+    ap.add_argument("--short", action="store_true",
+                    help="200 steps of 16 samples (~1.5 min, 1 thread): the learning curve")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=200)
@@ -299,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.card:
         write_card(Path(args.out), args.note)
         return 0
-    if args.short:
-        args.steps, args.batch, args.eval_every, args.heldout = min(args.steps, 200), 32, 100, 66
+    if args.short:  # measured: question loss 0.18x, caption loss 0.32x of the first logged, 98 s
+        args.steps, args.batch, args.eval_every, args.heldout = min(args.steps, 200), 16, 100, 66
     torch.set_num_threads(args.threads)
     env.seed_everything(args.seed)
     rng = random.Random(args.seed)

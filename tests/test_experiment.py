@@ -98,6 +98,19 @@ def _result(name, tasks, correct, seconds=0.1, tokens=2):
                           tokens=[tokens] * len(tasks))
 
 
+def test_beam_stages_stop_within_the_answer_budget():
+    """A random model never closes a stage: each stays within max_new_tokens, not the stage
+    defaults (hundreds of tokens each), so the beam row costs what free generation may."""
+    from cotlib import infer
+
+    model, processor = models.load(models.tiny("idefics3"), dtype="float32", device="cpu")
+    task = synth.make_tasks(1, seed=3)[0]
+    a = experiment.answer_beam(model, processor, [task], n=2, max_new_tokens=5)
+    assert a.tokens[0] <= len(stages.STAGES) * 2 * 5 < min(infer.DEFAULT_MAX_TOKENS.values())
+    assert a.well_formed == [False]  # cut stages are not the model's own closings
+    assert all(stages.open_tag(s) in a.outputs[0] for s in stages.STAGES)  # the decoder wrote them
+
+
 def test_reading_follows_the_numbers():
     tasks = synth.make_tasks(100, seed=31)
     low = _result("direct", tasks, [i < 30 for i in range(100)])
