@@ -44,7 +44,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(OFFLINE) COTLIB_FAST=1 $(BIN)/python -m pytest tests notebooks solutions \
-	  -n $(TEST_WORKERS) --dist loadfile \
+	  -n $(TEST_WORKERS) --dist loadfile --durations=12 \
 	  --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 test-fast: $(STAMP)

@@ -68,13 +68,12 @@ def test_doctor_names_a_damaged_shipped_base(tmp_path, monkeypatch):
     assert "changed config.json" in cli.offline_check()
 
 
-@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
-def test_demo_runs_the_whole_pipeline_in_fast_mode(tmp_path, monkeypatch, tiny_cache, family,
-                                                   capsys):
+def test_demo_runs_the_whole_pipeline_in_fast_mode(tmp_path, monkeypatch, tiny_cache, capsys):
     """tasks -> teacher -> filter -> datasets -> two LoRA adapters -> four systems -> report,
-    on a tiny random model of each family (seconds)."""
+    from the command line, on a tiny random Qwen2-VL (tests/test_experiment.py runs the same
+    pipeline on a tiny Idefics3)."""
     monkeypatch.setenv("COTLIB_RUNS", str(tmp_path))
-    assert cli.main(["demo", "--fast", "--base", f"tiny-{family}", "--tasks", "4",
+    assert cli.main(["demo", "--fast", "--base", "tiny-qwen2_vl", "--tasks", "4",
                      "--beam-tasks", "2"]) == 0
     out = capsys.readouterr().out
     assert "[7/7]" in out and "| CoT SFT + beam | 2 |" in out
