@@ -35,7 +35,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,21 +96,34 @@ class ExperimentConfig:
     #: CoT SFT on the 120 test tasks (2 threads, same outputs): 29.7 s at 16, 24.3 s at 24,
     #: 15.8 s at 40 per batch.
     answer_batch: int = 40
-    #: torch threads; None: the machine's cores, at most 4. On the 2-core CI machine (idle),
-    #: LoRA SFT of the shipped base ran 1.65x faster with 2 threads than with 1 (batch 8).
+    #: torch threads; None: the machine's cores, at most 4. Side by side (below), each LoRA run
+    #: gets half of them.
     threads: int | None = None
+    #: Train the two adapters at the same time, the direct one in a second process. None: on a
+    #: CPU with two or more cores. Measured on the 2-core development machine, shipped base,
+    #: batch 4, seconds per step: CoT 0.43 with one thread or two; direct 0.23 with one thread,
+    #: 0.30 with two; side by side with one thread each, CoT 0.47 and direct 0.18. So the two
+    #: runs take about as long as the CoT run alone.
+    side_by_side: bool | None = None
     seed: int = 0
 
     def cpu_threads(self) -> int:
         """The torch threads this run uses (``threads``, or the cores up to 4)."""
         return self.threads or max(1, min(4, os.cpu_count() or 1))
 
+    def trains_side_by_side(self) -> bool:
+        """Whether :func:`train_both` runs the two LoRA trainings at the same time."""
+        if self.side_by_side is not None:
+            return self.side_by_side
+        return env.hardware().device == "cpu" and (os.cpu_count() or 1) >= 2
+
     @classmethod
     def fast(cls, **overrides: Any) -> ExperimentConfig:
         """Seconds-scale settings for tests and fast mode (a handful of tasks and steps)."""
         settings: dict[str, Any] = dict(
             extra_train_tasks=0, shipped_train_tasks=24, test_tasks=8, beam_tasks=3, beam_n=2,
-            epochs=1.0, max_new_tokens=48, batch_size=8)
+            epochs=1.0, max_new_tokens=48, batch_size=8,
+            side_by_side=False)  # a second process would spend longer importing than training
         settings.update(overrides)
         return cls(**settings)
 
@@ -233,6 +246,82 @@ def train_adapter(dataset, base: Path, out: Path, config: ExperimentConfig, *,
     return train.train(dataset, settings, verbose=verbose)
 
 
+def _train_in_second_process(dataset_dir: str, base: str, out: str, config: ExperimentConfig,
+                             log_path: str) -> None:
+    """:func:`train_both`'s second process: one LoRA run, its output into ``log_path``."""
+    import contextlib
+    import traceback
+
+    from cotlib import train
+
+    with open(log_path, "w", buffering=1) as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        try:
+            train_adapter(train.load_dataset_any(dataset_dir), Path(base), Path(out), config)
+        except BaseException:
+            traceback.print_exc()
+            raise
+
+
+def _result_from_card(out: Path):
+    from cotlib import train
+
+    card = train.read_card(out)
+    return train.TrainResult(out, [(int(s), float(v)) for s, v in card["loss_curve"]],
+                             card["wall_seconds"], card["peak_memory_gb"], card)
+
+
+def train_both(built: dict[str, Any], base: Path, run: Path, config: ExperimentConfig,
+               log: Callable[[str], Any] = print) -> tuple[Any, Any]:
+    """The direct-answer and the CoT LoRA runs, with the same settings: ``(direct, cot)``.
+
+    Side by side (:meth:`ExperimentConfig.trains_side_by_side`), the direct run trains in a
+    second process, from ``run/dataset_direct``, with half the threads (its output goes to
+    ``run/train_direct.log``), while this process trains the CoT adapter with the other half.
+    Otherwise one after the other, in this process.
+    """
+    import multiprocessing
+
+    if not config.trains_side_by_side():
+        direct = train_adapter(built["direct"], base, run / "adapter_direct", config)
+        return direct, train_adapter(built["cot"], base, run / "adapter", config)
+    half = replace(config, threads=max(1, config.cpu_threads() // 2))
+    out, log_path = run / "adapter_direct", run / "train_direct.log"
+    if out.exists():
+        shutil.rmtree(out)
+    # the second process reads OMP_NUM_THREADS when it imports torch: set it only for its start
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(half.threads)
+    try:
+        second = multiprocessing.get_context("spawn").Process(
+            target=_train_in_second_process, name="cotlib-direct-sft",
+            args=(str(run / "dataset_direct"), str(base), str(out), half, str(log_path)))
+        second.start()
+    finally:
+        if before is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+    log(f"      direct-answer run started in a second process (output: {log_path})")
+    try:
+        cot = train_adapter(built["cot"], base, run / "adapter", half)
+        if second.is_alive():
+            log("      waiting for the direct-answer run to finish")
+        second.join()
+    finally:
+        if second.is_alive():  # this process failed or was interrupted: stop the other too
+            second.terminate()
+            second.join()
+    if second.exitcode != 0 or not (out / "training_card.json").exists():
+        raise ExperimentError(
+            f"the direct-answer LoRA run (second process) failed with exit code "
+            f"{second.exitcode}: see {log_path}. To train in this process instead: "
+            "ExperimentConfig(side_by_side=False).")
+    direct = _result_from_card(out)
+    log(f"      direct-answer run: {direct.seconds:.0f} s in its process")
+    return direct, cot
+
+
 # --------------------------------------------------------------------------------------------
 # answering
 
@@ -329,7 +418,7 @@ def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentCo
 
     direct_loaders = (
         lambda: models.load(base, dtype="float32" if device == "cpu" else None, device=device),
-        lambda: train.load_adapter(run / "adapter_direct", device=device),
+        lambda: train.load_adapter(run / "adapter_direct", device=device, merge=True),
     )
     for name, load in zip(SYSTEMS[:2], direct_loaders):
         model, processor = load()
@@ -340,7 +429,7 @@ def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentCo
                                       tokens=a.tokens, note="greedy, free generation"))
         env.free_memory(model)
 
-    model, processor = train.load_adapter(run / "adapter", device=device)
+    model, processor = train.load_adapter(run / "adapter", device=device, merge=True)
     a = answer_freely(model, processor, test, config.max_new_tokens,
                       _every(log, SYSTEMS[2], len(test)), config.answer_batch)
     results.append(evaluate.score(
@@ -384,7 +473,7 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
     timings: dict[str, float] = {}
 
     def step(k: int, text: str) -> float:
-        log(f"[{k}/7] {text}  ({time.perf_counter() - started:.0f} s so far)")
+        log(f"[{k}/6] {text}  ({time.perf_counter() - started:.0f} s so far)")
         return time.perf_counter()
 
     try:
@@ -406,20 +495,18 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
         log(f"      kept {kept} of {len(verdicts)} traces; rejected: {dict(reasons)}")
         timings["filter_and_datasets"] = time.perf_counter() - t
 
-        t = step(4, f"LoRA SFT of the base on direct answers ({len(built['direct'])} rows)")
-        direct = train_adapter(built["direct"], base, run / "adapter_direct", config)
-        timings["train_direct"] = time.perf_counter() - t
+        together = config.trains_side_by_side()
+        t = step(4, f"LoRA SFT of the base twice with the same settings, on direct answers "
+                 f"({len(built['direct'])} rows) and on four-stage traces ({len(built['cot'])} "
+                 f"rows){', side by side' if together else ''}")
+        direct, cot = train_both(built, base, run, config, log)
+        timings["train_both" if together else "train_direct_then_cot"] = time.perf_counter() - t
 
-        t = step(5, f"LoRA SFT of the base on four-stage traces ({len(built['cot'])} rows, same "
-                 "settings)")
-        cot = train_adapter(built["cot"], base, run / "adapter", config)
-        timings["train_cot"] = time.perf_counter() - t
-
-        t = step(6, "answer the test tasks with the four systems")
+        t = step(5, "answer the test tasks with the four systems")
         results = evaluate_systems(base, run, test, config, log)
         timings["evaluate"] = time.perf_counter() - t
 
-        t = step(7, "scores, figures and report")
+        t = step(6, "scores, figures and report")
         info = {
             "config": asdict(config), "base": str(base),
             "base_parameters": _parameters(base),
@@ -430,6 +517,7 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
                                 "loss_last": r.losses[-1][1] if r.losses else None,
                                 "trainable": r.card.get("parameters", {}).get("trainable")}
                          for name, r in (("direct SFT", direct), ("CoT SFT", cot))},
+            "side_by_side": together,
             "timings": timings,
             "machine": _machine(),
         }
@@ -607,7 +695,8 @@ def write_report(experiment: Experiment) -> Path:
         "direct SFT.",
         f"- training (same settings for both): LoRA r={cfg['lora_r']} (+ "
         f"{', '.join(cfg['modules_to_save']) or 'nothing'} trained in full), learning rate "
-        f"{cfg['learning_rate']}, {cfg['epochs']:g} epochs, batch {cfg['batch_size']}; "
+        f"{cfg['learning_rate']}, {cfg['epochs']:g} epochs, batch {cfg['batch_size']}"
+        f"{' (the two runs side by side, one process each)' if info.get('side_by_side') else ''}; "
         + "; ".join(f"{k}: {v['steps']} steps, {v['seconds']:.0f} s" + (
             f", loss {v['loss_first']:.3f} -> {v['loss_last']:.3f}"
             if v["loss_first"] is not None else "") for k, v in tr.items()),

@@ -1238,11 +1238,15 @@ def plot_loss(curve, ax=None, smooth: int = 0, label: str = "training loss"):
 
 
 def load_adapter(folder: str | os.PathLike, *, base: str | None = None, dtype: str | None = None,
-                 device: str | None = None):
+                 device: str | None = None, merge: bool = False):
     """Load base model + adapter for inference: ``(model, processor)``.
 
     The processor is the one saved with the adapter (same image size as in training). The base
     model comes from the training card (or ``adapter_config.json``) unless ``base`` is given.
+    ``merge=True`` folds the adapter into the base weights (``merge_and_unload``): a plain model
+    that answers the same and generates faster (no LoRA branch per layer; with the demo's tiny
+    base on a CPU, 1.4x in batched free generation and 1.6x in stage beam search), but one whose
+    adapter can no longer be switched off.
     """
     from peft import PeftModel
     from transformers import AutoProcessor
@@ -1260,6 +1264,8 @@ def load_adapter(folder: str | os.PathLike, *, base: str | None = None, dtype: s
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         model = PeftModel.from_pretrained(model, str(folder))
+    if merge:
+        model = model.merge_and_unload()
     model.eval()
     return model, AutoProcessor.from_pretrained(str(folder))
 
@@ -1269,8 +1275,7 @@ def merge(folder: str | os.PathLike, out: str | os.PathLike, **load_kwargs) -> P
 
     The result loads with ``cotlib.models.load(out)`` — no PEFT needed.
     """
-    model, processor = load_adapter(folder, **load_kwargs)
-    merged = model.merge_and_unload()
+    merged, processor = load_adapter(folder, merge=True, **load_kwargs)
     out = Path(out)
     merged.save_pretrained(str(out))
     processor.save_pretrained(str(out))

@@ -280,7 +280,7 @@ def load_model(
                               "first (or pick 'tiny base')")
         from cotlib import train
 
-        model, processor = train.load_adapter(folder)
+        model, processor = train.load_adapter(folder, merge=True)
         config = json.loads((folder / "adapter_config.json").read_text())
         on = config.get("base_model_name_or_path") or "its base model"
         return LoadedModel(model, processor, choice,

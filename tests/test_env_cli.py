@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -76,7 +78,7 @@ def test_demo_runs_the_whole_pipeline_in_fast_mode(tmp_path, monkeypatch, tiny_c
     assert cli.main(["demo", "--fast", "--base", "tiny-qwen2_vl", "--tasks", "4",
                      "--beam-tasks", "2"]) == 0
     out = capsys.readouterr().out
-    assert "[7/7]" in out and "| CoT SFT + beam | 2 |" in out
+    assert "[6/6]" in out and "| CoT SFT + beam | 2 |" in out
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| base (direct) | 4 |" in report and "| task type |" in report
     assert os.path.exists(tmp_path / "demo" / "eval.json")
@@ -90,3 +92,27 @@ def test_generate_and_teacher_help_reach_their_own_parsers(capsys):
     out = capsys.readouterr().out
     assert "--split" in out or "--base-url" in out
     assert "--rate-429" in out or "--port" in out
+
+
+CREATE_ENV = Path(__file__).resolve().parents[1] / "scripts" / "create_env.sh"
+
+
+def test_create_env_script_is_valid_bash():
+    done = subprocess.run(["bash", "-n", str(CREATE_ENV)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("python, says", [
+    ("no-such-python3", "need Python >= 3.10 as no-such-python3"),
+    ("old", "cotlib needs Python 3.10-3.12; found Python 3.9.18. Try: make PY=python3.11"),
+])
+def test_create_env_refuses_a_missing_or_old_python(tmp_path, python, says):
+    if python == "old":  # a stand-in that answers like Python 3.9 and fails the version check
+        python = str(tmp_path / "python3.9")
+        Path(python).write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.9.18"\nexit 1\n')
+        Path(python).chmod(0o755)
+    done = subprocess.run(["bash", str(CREATE_ENV)], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PY": python, "VENV": str(tmp_path / "venv")})
+    assert done.returncode == 1
+    assert says.replace("no-such-python3", python) in done.stdout
+    assert not (tmp_path / "venv").exists()  # refused before creating anything

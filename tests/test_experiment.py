@@ -34,11 +34,25 @@ def test_extra_task_seed_does_not_overlap_the_shipped_splits():
     assert max(extra) < 10_000_000  # the base's pretraining stream starts there
 
 
+def test_a_failed_second_training_process_names_its_log(tmp_path):
+    from cotlib import train
+
+    base = experiment.base_folder(models.tiny("idefics3"))
+    config = experiment.ExperimentConfig.fast(side_by_side=True)
+    built = {"cot": train.synthetic_traces(n=8)}  # and no run/dataset_direct for the other run
+    with pytest.raises(experiment.ExperimentError, match="train_direct.log") as err:
+        experiment.train_both(built, base, tmp_path, config, log=lambda _: None)
+    assert "exit code 1" in str(err.value) and "side_by_side=False" in str(err.value)
+    assert "no dataset at" in (tmp_path / "train_direct.log").read_text()
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()  # this process's run finished
+
+
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
-    """One whole experiment in fast mode on the tiny random idefics3 model (~15 s)."""
+    """One whole experiment in fast mode on the tiny random idefics3 model (~15 s), with the two
+    LoRA runs side by side as in the demo (fast mode's default is one after the other)."""
     run = tmp_path_factory.mktemp("experiment")
-    config = experiment.ExperimentConfig.fast(base=str(models.tiny("idefics3")))
+    config = experiment.ExperimentConfig.fast(base=str(models.tiny("idefics3")), side_by_side=True)
     lines: list[str] = []
     result = experiment.run_experiment(config, run, log=lines.append)
     return run, result, lines
@@ -49,10 +63,12 @@ def test_fast_run_writes_the_run_folder(fast_run):
     for name in ("tasks/tasks.jsonl", "traces.jsonl", "verdicts.jsonl", "dataset",
                  "dataset_direct", "adapter/adapter_config.json",
                  "adapter_direct/adapter_config.json", "eval.json", "experiment.json",
-                 "overhead.png", "by_type.png", "report.md"):
+                 "overhead.png", "by_type.png", "report.md", "train_direct.log"):
         assert (run / name).exists(), name
     assert [line[:5] for line in lines if line.startswith("[")] == [
-        f"[{k}/7]" for k in range(1, 8)]
+        f"[{k}/6]" for k in range(1, 7)]
+    assert any("second process" in line for line in lines)
+    assert "rows: preset cpu" in (run / "train_direct.log").read_text()  # the second run's output
     adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert "lm_head" in adapter["modules_to_save"]  # trained in full next to LoRA
     info = json.loads((run / "experiment.json").read_text())

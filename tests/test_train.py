@@ -231,6 +231,14 @@ def test_load_adapter_and_merge_give_the_same_model(tiny_run, traces, tmp_path):
     with torch.no_grad():
         again = merged(**models.encode(merged_processor, row["images"], [text])).logits
     assert torch.allclose(adapted, again, atol=1e-4)
+    in_memory, _ = train.load_adapter(tiny_run.output_dir, merge=True)
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    assert not isinstance(in_memory, PeftModel)  # a plain transformers model, no LoRA layers left
+    assert not any(isinstance(m, LoraLayer) for m in in_memory.modules())
+    with torch.no_grad():
+        assert torch.allclose(adapted, in_memory(**batch).logits, atol=1e-4)
 
 
 def test_resume_from_checkpoint(traces, tiny_cache, tmp_path):
