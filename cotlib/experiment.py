@@ -75,8 +75,9 @@ class ExperimentConfig:
     #: batch 4, 6 epochs, lr 2e-3 -> 64% (120); batch 2, 6 epochs, lr 1.5e-3 -> 90% (120).
     #: Accuracy after CoT SFT stayed 5-15% throughout. With the teacher's in-vocabulary wording
     #: (teacher_server._PLANS; 160 instead of 173 tokens per trace), 120 test tasks: batch 4,
-    #: 8 epochs, lr 2e-3 -> 98.3% (two demos: 96.7%, 97.5%); 6 epochs -> 88.3%; 6 epochs, lr 3e-3 ->
-    #: 92.5%; batch 2, 6 epochs, lr 1.5e-3 -> 91.7%; LoRA r=32 -> 80.0%.
+    #: 8 epochs, lr 2e-3 -> 98.3% (three demos: 96.7%, 97.5%, and 96.7% side by side); 7 epochs
+    #: -> 95.0%; 7 epochs, lr 2.5e-3 -> 92.5%; 6 epochs -> 88.3%; 6 epochs, lr 3e-3 -> 92.5%;
+    #: batch 2, 6 epochs, lr 1.5e-3 -> 91.7%; LoRA r=32 -> 80.0%.
     epochs: float = 8.0
     learning_rate: float = 2e-3
     lora_r: int = 64  # the base's matrices are 192 wide: a rank this high is cheap here

@@ -19,11 +19,12 @@ answer when given, else "I cannot tell from this image."), logged as ``not_a_sce
 ``unknown_question``. Wording varies among a few phrasings, chosen deterministically from a hash
 of the request and the server seed, so identical requests get identical traces.
 
-Faults (:class:`Faults`) are drawn per request from one seeded RNG, in arrival order: transport
-faults (429 with ``Retry-After``, 500) first, then content faults (refusal, malformed format,
-wrong answer). Every fault is appended to ``app.state.injections`` (served at
-``GET /v1/cotlib/injections``) with the request's :func:`cotlib.teacher.request_key`; nothing in
-the response itself marks it.
+Faults (:class:`Faults`) are drawn per request: transport faults (429 with ``Retry-After``, 500)
+first, from one seeded RNG in arrival order (so a retry can succeed); then content faults
+(refusal, malformed format, wrong answer), from the seed and the request's key (so the same
+tasks get the same faults whatever the client's concurrency, and runs repeat). Every fault is
+appended to ``app.state.injections`` (served at ``GET /v1/cotlib/injections``) with the request's
+:func:`cotlib.teacher.request_key`; nothing in the response itself marks it.
 
 It also answers the filter's LLM judge (:func:`cotlib.filtering.judge_with_teacher`): a text-only
 request whose system message is :data:`cotlib.filtering.JUDGE_INSTRUCTION` gets "valid" or
@@ -554,7 +555,7 @@ def create_app(faults: Faults | None = None, seed: int = 0, *,
     app.state.injections = []
     app.state.requests = 0
     app.state.judge_requests = 0
-    rng = random.Random(faults.seed)  # one stream for every fault draw, in arrival order
+    rng = random.Random(faults.seed)  # 429s, 500s and latency jitter, in arrival order
     judge_rng = random.Random(f"judge:{faults.seed}")  # judge latency jitter only
 
     @app.exception_handler(StarletteHTTPException)
@@ -628,7 +629,11 @@ def create_app(faults: Faults | None = None, seed: int = 0, *,
             await asyncio.sleep(deadline - time.monotonic())
             return _error(500, "The server had an error while processing your request "
                           "(injected). Sorry about that!", type="server_error")
-        v = rng.random()
+        # Content faults are drawn per request (the seed and the request's key), not from the
+        # arrival-order stream: whatever the client's concurrency, the same tasks get the same
+        # faults, so a run's traces, and the datasets built from them, repeat.
+        content_rng = random.Random(f"{faults.seed}\x00{key}")
+        v = content_rng.random()
         fault = None
         for name, rate in (("refusal", faults.rate_refusal), ("malformed", faults.rate_malformed),
                            ("wrong_answer", faults.rate_wrong_answer)):
@@ -636,7 +641,7 @@ def create_app(faults: Faults | None = None, seed: int = 0, *,
                 fault = name
                 break
             v -= rate
-        fault_rng = random.Random(rng.random())
+        fault_rng = random.Random(content_rng.random())
         try:
             # ~2 ms of CPU (decode, scene recovery, solve): in a worker thread, so the loop keeps
             # accepting requests and each one's latency counts from its arrival

@@ -667,6 +667,25 @@ def test_fault_rates_and_injection_log(tasks, tmp_path):
         Faults(rate_429=0.7, rate_500=0.5)
 
 
+def test_content_faults_do_not_depend_on_arrival_order(tmp_path):
+    faults = Faults(rate_429=0.2, rate_refusal=0.2, rate_malformed=0.2, rate_wrong_answer=0.2,
+                    retry_after_s=0.01, seed=9)
+    work = synth.make_tasks(30, seed=41)
+    runs = []
+    for concurrency in (1, 8):
+        with LocalTeacher(faults) as t:
+            run_generation(work, tmp_path / f"c{concurrency}.jsonl",
+                           config(t, concurrency=concurrency, max_retries=8), progress=False)
+            content = {e["request_key"]: e["fault"] for e in t.injections
+                       if e["fault"] in ("refusal", "malformed", "wrong_answer")}
+        texts = {r["task_id"]: r["text"]
+                 for r in teacher.load_results(tmp_path / f"c{concurrency}.jsonl").values()}
+        runs.append((content, texts))
+    (faults_1, texts_1), (faults_8, texts_8) = runs
+    assert faults_1 and faults_1 == faults_8  # the same tasks broken the same way
+    assert len(texts_1) == 30 and texts_1 == texts_8  # so every trace repeats, word for word
+
+
 def test_fault_flags_roundtrip_through_the_command_line():
     faults = Faults(latency_ms=12.5, rate_429=0.2, retry_after_s=0.05, rate_malformed=0.1, seed=4)
     args = teacher_server.build_parser().parse_args(teacher_server._fault_args(faults))
