@@ -9,7 +9,8 @@ INSTALLER ?= uv
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
-# pytest workers for `make test`: each file or notebook runs whole on one (see conftest.py)
+# pytest workers for `make test`: each file or notebook runs whole on one, the slowest first
+# (tests/conftest.py)
 TEST_WORKERS ?= 2
 OFFLINE := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
 
