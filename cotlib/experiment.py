@@ -124,6 +124,9 @@ class ExperimentConfig:
         settings: dict[str, Any] = dict(
             extra_train_tasks=0, shipped_train_tasks=24, test_tasks=8, beam_tasks=3, beam_n=2,
             epochs=1.0, max_new_tokens=48, batch_size=8,
+            # one thread: a seconds-scale run gains nothing from a second one, and under
+            # `make test` the other core is busy with another test
+            threads=1,
             side_by_side=False)  # a second process would spend longer importing than training
         settings.update(overrides)
         return cls(**settings)
