@@ -267,14 +267,6 @@ def _train_in_second_process(dataset_dir: str, base: str, out: str, config: Expe
             raise
 
 
-def _result_from_card(out: Path):
-    from cotlib import train
-
-    card = train.read_card(out)
-    return train.TrainResult(out, [(int(s), float(v)) for s, v in card["loss_curve"]],
-                             card["wall_seconds"], card["peak_memory_gb"], card)
-
-
 def train_both(built: dict[str, Any], base: Path, run: Path, config: ExperimentConfig,
                log: Callable[[str], Any] = print) -> tuple[Any, Any]:
     """The direct-answer and the CoT LoRA runs, with the same settings: ``(direct, cot)``.
@@ -285,6 +277,8 @@ def train_both(built: dict[str, Any], base: Path, run: Path, config: ExperimentC
     Otherwise one after the other, in this process.
     """
     import multiprocessing
+
+    from cotlib import train
 
     if not config.trains_side_by_side():
         direct = train_adapter(built["direct"], base, run / "adapter_direct", config)
@@ -321,7 +315,7 @@ def train_both(built: dict[str, Any], base: Path, run: Path, config: ExperimentC
             f"the direct-answer LoRA run (second process) failed with exit code "
             f"{second.exitcode}: see {log_path}. To train in this process instead: "
             "ExperimentConfig(side_by_side=False).")
-    direct = _result_from_card(out)
+    direct = train.TrainResult.from_folder(out)
     log(f"      direct-answer run: {direct.seconds:.0f} s in its process")
     return direct, cot
 

@@ -1060,6 +1060,14 @@ class TrainResult:
     peak_memory_gb: float
     card: dict
 
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike) -> TrainResult:
+        """The result of a finished run, read back from its training card (e.g. a run that
+        another process trained)."""
+        card = read_card(folder)
+        return cls(Path(folder), [(int(s), float(v)) for s, v in card["loss_curve"]],
+                   card["wall_seconds"], card["peak_memory_gb"], card)
+
 
 def train(dataset, settings: TrainSettings | None = None, *, callbacks=None,
           verbose: bool = True, **overrides) -> TrainResult:

@@ -206,6 +206,9 @@ def test_training_card_files_and_content(tiny_run):
         assert (out / name).exists(), name
     card = train.read_card(out)
     assert card["loss_curve"] == [[s, round(v, 5)] for s, v in tiny_run.losses]
+    again = train.TrainResult.from_folder(out)  # as a run trained in another process is read
+    assert again.losses == [(s, round(v, 5)) for s, v in tiny_run.losses] and again.card == card
+    assert again.seconds == card["wall_seconds"] and again.output_dir == out
     assert card["resolved"]["dtype"] == "float32" and card["resolved"]["preset"] == "cpu"
     assert card["data"]["task_types"] and card["data"]["completion_tokens_mean"] > 50
     assert card["parameters"]["trainable"] < card["parameters"]["total"]
