@@ -138,6 +138,47 @@ def test_completion_only_loss_masks_prompt_and_image_tokens(family, traces, tiny
         assert text.replace(tok.eos_token, "").strip() in completions
 
 
+def _padding_share(prep, epochs: int = 3) -> float:
+    """Padded positions / all positions over ``epochs`` passes of the trainer's dataloader."""
+    padded = total = 0
+    loader = prep.trainer.get_train_dataloader()
+    for _ in range(epochs):
+        for batch in loader:
+            mask = batch["attention_mask"]
+            padded += int((mask == 0).sum())
+            total += mask.numel()
+    return padded / total
+
+
+def test_group_by_length_batches_similar_rows_with_less_padding(traces, tiny_cache, tmp_path):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    rows = traces.select(range(96))
+    common = dict(model="tiny-idefics3", batch_size=4, verbose=False)
+    grouped = train.build_trainer(rows, output_dir=str(tmp_path / "g"), group_by_length=True,
+                                  **common)
+    plain = train.build_trainer(rows, output_dir=str(tmp_path / "p"), **common)
+    loader = grouped.trainer.get_train_dataloader()
+    sampler = loader.batch_sampler.sampler  # accelerate's wrapper keeps the Trainer's sampler
+    assert isinstance(sampler, LengthGroupedSampler)
+    torch.manual_seed(0)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(rows)))  # every row once per epoch
+    # the sort key is the collated length (text + image tokens) up to the end-of-turn tokens
+    # TRL's collator appends to every row
+    lengths = train.row_lengths(rows, grouped.processor)
+    some = [0, 5, 17, 42]
+    batch = grouped.trainer.data_collator([grouped.trainer.train_dataset[i] for i in some])
+    collated = batch["attention_mask"].sum(dim=1).tolist()
+    assert len({n - lengths[i] for n, i in zip(collated, some)}) == 1, (collated, lengths)
+    batch = next(iter(loader))
+    assert set(batch) >= {"input_ids", "labels", "pixel_values"} and "length" not in batch
+    assert _padding_share(grouped) < 0.5 * _padding_share(plain)
+    result = train.train(rows.select(range(16)), output_dir=str(tmp_path / "run"),
+                         group_by_length=True, max_steps=2, **common)
+    assert result.card["settings"]["group_by_length"] is True and result.card["steps"] == 2
+
+
 def _vision_output_requires_grad(prep) -> bool:
     model = prep.trainer.model
     vision = train.FAMILY_PARTS[train.family_of(model.get_base_model())]["vision"]
@@ -448,7 +489,8 @@ def test_cli_reports_a_bad_dataset(tmp_path, capsys):
 
 
 def test_accelerate_launch_two_cpu_processes(traces, tiny_cache, tmp_path):
-    """The same entry point under DDP: 2 processes, gloo on CPU (about 15-30 s)."""
+    """The same entry point under DDP: 2 processes, gloo on CPU (about 15-30 s), with
+    length-grouped batches (the sampler is then sharded across the ranks)."""
     data = tmp_path / "dataset"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -460,7 +502,7 @@ def test_accelerate_launch_two_cpu_processes(traces, tiny_cache, tmp_path):
            "--main_process_port", str(29500 + os.getpid() % 1000),
            "-m", "cotlib.train", "--dataset", str(data), "--model", str(folder),
            "--output", str(tmp_path / "adapter"), "--max-steps", "2", "--batch-size", "2",
-           "--logging-steps", "1"]
+           "--logging-steps", "1", "--group-by-length"]
     environ = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     done = subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=300,
                           cwd=ROOT)
@@ -468,6 +510,7 @@ def test_accelerate_launch_two_cpu_processes(traces, tiny_cache, tmp_path):
     card = json.loads((tmp_path / "adapter" / "training_card.json").read_text())
     assert card["resolved"]["world_size"] == 2 and card["distributed"] == "MULTI_CPU"
     assert card["steps"] == 2 and "2 process(es)" in done.stdout
+    assert card["settings"]["group_by_length"] is True
 
 
 def test_module_doctests(tiny_cache):
