@@ -93,7 +93,7 @@ class ExperimentConfig:
     modules_to_save: tuple[str, ...] = ("lm_head",)
     batch_size: int = 4
     #: Batches of traces of similar length (train.TrainSettings.group_by_length): 14% fewer
-    #: tokens per epoch (padding 15% -> 1%); the demo's CoT run took 434 s instead of 493-538 s.
+    #: tokens per epoch (padding 15% -> 1%); the demo's CoT run took 367-435 s instead of 493-538 s.
     group_by_length: bool = True
     max_new_tokens: int = 320  # CoT answers, free generation (the traces run to ~280 tokens)
     direct_max_new_tokens: int = 8
