@@ -6,6 +6,8 @@ STAMP := $(VENV)/.cotlib-installed
 # Environment creation: scripts/create_env.sh (uv, else pip; torch's CPU build where there is no
 # NVIDIA GPU and its index can be reached). These variables are passed on to it.
 INSTALLER ?= uv
+# The tested versions of every package (scripts/lock.sh writes it; README "Tested with")
+CONSTRAINTS ?= constraints.txt
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
@@ -18,8 +20,9 @@ OFFLINE := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/create_env.sh
-	PY="$(PY)" VENV="$(VENV)" INSTALLER="$(INSTALLER)" TORCH_PKGS="$(TORCH_PKGS)" \
+$(STAMP): pyproject.toml scripts/create_env.sh $(CONSTRAINTS)
+	PY="$(PY)" VENV="$(VENV)" INSTALLER="$(INSTALLER)" CONSTRAINTS="$(CONSTRAINTS)" \
+	  TORCH_PKGS="$(TORCH_PKGS)" \
 	  TORCH_CPU_INDEX="$(TORCH_CPU_INDEX)" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" \
 	  bash scripts/create_env.sh
 	touch $(STAMP)
@@ -35,8 +38,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(OFFLINE) COTLIB_FAST=1 $(BIN)/python -m pytest tests -x -q
 
+# Jupyter refuses to start as root without --allow-root; containers and cloud VMs run as root.
+USER_ID ?= $(shell id -u)
+LAB_FLAGS ?= $(if $(filter 0,$(USER_ID)),--allow-root)
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab notebooks $(LAB_FLAGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cotlib tests scripts benchmarks

@@ -26,13 +26,39 @@ TRACKED_PACKAGES = (
     "openai", "PIL", "numpy", "ipywidgets",
 )
 
-#: Where the course is published; Colab install cells clone this (pinned to a tag).
+#: Where the course is published: the one place the repository URL is set (pyproject's
+#: ``[project.urls]`` and every notebook's Colab cell repeat it; tests/test_package.py checks).
 COURSE_REPO = "https://github.com/cotlib/cotlib"
+#: The release the Colab cell asks for first (``v`` + the package version); when the repository
+#: has no such tag it installs the default branch and says so (:func:`colab_install`).
 COURSE_TAG = "v0.1.0"
+#: The tested versions (README "Tested with"): ``make env`` and the Colab cell install with it.
+CONSTRAINTS_FILE = "constraints.txt"
 
 #: Root of the repository (``data/`` and ``runs/`` live here in a clone).
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = REPO_ROOT / "data"
+
+
+def data_dir() -> Path:
+    """The course's shipped data (base model, task splits, photos): ``$COTLIB_DATA`` if set; in a
+    checkout or an editable install the repository's ``data/``; in an installed wheel the
+    package data ``cotlib/_data`` (the build copies ``data/`` there), found through
+    :mod:`importlib.resources`.
+
+    >>> (data_dir() / "tasks").is_dir()
+    True
+    """
+    if os.environ.get("COTLIB_DATA"):
+        return Path(os.environ["COTLIB_DATA"])
+    if (REPO_ROOT / "pyproject.toml").exists() and (REPO_ROOT / "data").is_dir():
+        return REPO_ROOT / "data"
+    from importlib.resources import files
+
+    return Path(str(files("cotlib") / "_data"))
+
+
+#: The folder :func:`data_dir` found when cotlib was imported.
+DATA_DIR = data_dir()
 #: The course's shipped tiny base model (written by ``scripts/pretrain_base.py``).
 BASE_DIR = DATA_DIR / "base"
 
@@ -220,3 +246,95 @@ def report() -> str:
         "versions    : " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
     ]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Colab: install the course from its repository with the tested versions
+# --------------------------------------------------------------------------------------------
+
+#: Packages Colab brings built for its own GPU driver: the install keeps Colab's builds instead
+#: of replacing them with the tested ones (several GB, and a restart).
+COLAB_KEEPS = ("torch", "torchvision", "torchaudio", "triton", "nvidia-", "cuda-")
+
+#: The install cell every notebook starts with (tests/test_package.py checks that they do).
+COLAB_CELL = f'''\
+# Colab: fetch the course and install it with its tested versions (elsewhere `make lab` did).
+import os
+import sys
+
+if "google.colab" in sys.modules:
+    if not os.path.isdir("/content/cotlib"):
+        !git clone --quiet --depth 1 {COURSE_REPO} /content/cotlib
+    !cd /content/cotlib && python -m cotlib.env colab-install
+    sys.path.insert(0, "/content/cotlib")'''
+
+
+class InstallError(RuntimeError):
+    """The course could not be installed; the message says what to do."""
+
+
+def _run(cmd: list[str], cwd: str | os.PathLike | None = None) -> int:
+    import subprocess
+
+    return subprocess.run(cmd, cwd=cwd, check=False).returncode
+
+
+def colab_install(
+    checkout: str | os.PathLike = ".",
+    *,
+    tag: str = COURSE_TAG,
+    repo: str = COURSE_REPO,
+    run=_run,
+    keep: tuple[str, ...] = COLAB_KEEPS,
+    say=print,
+) -> str:
+    """Turn the clone in ``checkout`` into the release ``tag`` and install it (with the
+    ``course`` extra) under the versions in :data:`CONSTRAINTS_FILE`. Returns the ref installed:
+    ``tag``, or ``"default branch"`` when the repository has no such tag (said in a message).
+
+    Packages matching ``keep`` (Colab's own torch and CUDA stack) are left as Colab installed
+    them. ``run(cmd, cwd)`` runs a command and returns its exit code (tests pass a fake).
+    """
+    checkout = Path(checkout)
+    if run(["git", "fetch", "--quiet", "--depth", "1", "origin", "tag", tag], checkout) == 0 \
+            and run(["git", "checkout", "--quiet", tag], checkout) == 0:
+        ref = tag
+        say(f"cotlib {tag} from {repo}")
+    else:
+        ref = "default branch"
+        say(f"note: {repo} has no tag {tag} (or it could not be fetched): installing its default "
+            "branch instead - the notebooks there may be newer than this one; open them from "
+            "the repository if a cell fails")
+    constraints = checkout / CONSTRAINTS_FILE
+    if not constraints.exists():
+        raise InstallError(f"{constraints} is missing: the clone in {checkout} is incomplete - "
+                           f"delete it and run the cell again")
+    kept = [line for line in constraints.read_text().splitlines()
+            if not line.strip().lower().startswith(keep)]
+    colab_constraints = checkout / ".colab-constraints.txt"
+    colab_constraints.write_text("\n".join(kept) + "\n")
+    say("installing the tested versions (constraints.txt; keeping Colab's torch and CUDA)")
+    code = run([sys.executable, "-m", "pip", "install", "--quiet", "-e", ".[course]",
+                "-c", colab_constraints.name], checkout)
+    if code != 0:
+        raise InstallError(f"pip install failed (exit {code}): read pip's message above; "
+                           "Runtime > Restart session, then run this cell again")
+    return ref
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cotlib.env colab-install`` (what the Colab cell runs in its clone)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["colab-install"]:
+        print("usage: python -m cotlib.env colab-install", file=sys.stderr)
+        return 2
+    try:
+        colab_install(".")
+    except InstallError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

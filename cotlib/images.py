@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from cotlib import env
+
 __all__ = [
     "SAMPLE_PHOTOS_DIR",
     "ImageError",
@@ -39,8 +41,8 @@ __all__ = [
     "sample_photos",
 ]
 
-SAMPLE_PHOTOS_DIR = Path(__file__).resolve().parent.parent / "data" / "photos"
-"""Folder with the small set of photos that ship with the repository."""
+SAMPLE_PHOTOS_DIR = env.DATA_DIR / "photos"
+"""Folder with the small set of photos that ship with the course (package data when installed)."""
 
 DEFAULT_MAX_PIXELS = 40_000_000
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")

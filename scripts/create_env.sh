@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Creates the course's virtual environment. `make env` runs it (and so do `make demo` and
-# `make test` when .venv is missing or pyproject.toml changed); the Makefile passes its variables.
+# `make test` when .venv is missing or pyproject.toml, constraints.txt or this script changed); the
+# Makefile passes its variables.
+#
+# Versions: every install step uses CONSTRAINTS (constraints.txt, the tested set that README
+# "Tested with" lists; scripts/lock.sh rewrites it), so a fresh environment gets the same
+# versions as the one the course was tested with, not the newest releases.
 #
 # Installer: uv (pip-compatible, installs in parallel: on the 2-core development machine 1.5 min
 # instead of pip's 3.5 min for the same versions), itself installed into the venv with pip; pip
@@ -15,20 +20,22 @@ set -euo pipefail
 PY=${PY:-python3}
 VENV=${VENV:-.venv}
 INSTALLER=${INSTALLER:-uv}
+CONSTRAINTS=${CONSTRAINTS:-constraints.txt}
 TORCH_PKGS=${TORCH_PKGS:-torch==2.14.1 torchvision==0.29.1}
 TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
 BIN=$VENV/bin
 
-command -v "$PY" >/dev/null || { echo "need Python >= 3.10 as $PY (make PY=python3.11 ...)"; exit 1; }
-"$PY" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)' || {
-  echo "cotlib needs Python 3.10-3.12; found $("$PY" --version). Try: make PY=python3.11 ..."
+command -v "$PY" >/dev/null || { echo "need Python >= 3.11 as $PY (make PY=python3.11 ...)"; exit 1; }
+"$PY" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else 1)' || {
+  echo "cotlib needs Python 3.11-3.12; found $("$PY" --version). Try: make PY=python3.11 ..."
   exit 1
 }
+test -f "$CONSTRAINTS" || { echo "$CONSTRAINTS is missing: git checkout $CONSTRAINTS"; exit 1; }
 test -x "$BIN/python" || "$PY" -m venv "$VENV"
 
 pip_install() { "$BIN/python" -m pip install --quiet "$@"; }
-if [ "$INSTALLER" = uv ] && pip_install uv; then
+if [ "$INSTALLER" = uv ] && pip_install -c "$CONSTRAINTS" uv; then
   echo "installing with uv ($("$BIN/uv" --version))"
   # --compile-bytecode: write .pyc files now, as pip does, so that imports don't compile each
   # time. uv does not read pip's configuration: where only a mirror set in pip.conf is reachable,
@@ -47,13 +54,15 @@ fi
 if [ -n "$TORCH_INDEX_URL" ]; then
   install --index-url "$TORCH_INDEX_URL" $TORCH_PKGS
 elif command -v nvidia-smi >/dev/null 2>&1; then
-  install $TORCH_PKGS
+  install -c "$CONSTRAINTS" $TORCH_PKGS
 else
   echo "no NVIDIA GPU: installing torch's CPU build from $TORCH_CPU_INDEX"
+  # (no constraints with another index: it has its own versions of torch's dependencies; the last
+  # step below moves them to the tested ones)
   try_index "$TORCH_CPU_INDEX" $TORCH_PKGS 2>/dev/null || {
     echo "$TORCH_CPU_INDEX not reachable: installing PyPI's torch (runs on the CPU too)"
-    install $TORCH_PKGS
+    install -c "$CONSTRAINTS" $TORCH_PKGS
   }
 fi
 "$BIN/python" -c "import torch; print('torch', torch.__version__)"
-install -e ".[course,dev]"
+install -c "$CONSTRAINTS" -e ".[course,dev]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,16 +104,50 @@ def test_create_env_script_is_valid_bash():
 
 
 @pytest.mark.parametrize("python, says", [
-    ("no-such-python3", "need Python >= 3.10 as no-such-python3"),
-    ("old", "cotlib needs Python 3.10-3.12; found Python 3.9.18. Try: make PY=python3.11"),
+    ("no-such-python3", "need Python >= 3.11 as no-such-python3"),
+    ("old", "cotlib needs Python 3.11-3.12; found Python 3.10.1. Try: make PY=python3.11"),
 ])
 def test_create_env_refuses_a_missing_or_old_python(tmp_path, python, says):
-    if python == "old":  # a stand-in that answers like Python 3.9 and fails the version check
-        python = str(tmp_path / "python3.9")
-        Path(python).write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.9.18"\nexit 1\n')
+    if python == "old":  # a stand-in that answers like Python 3.10 and fails the version check
+        python = str(tmp_path / "python3.10")
+        Path(python).write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.10.1"\nexit 1\n')
         Path(python).chmod(0o755)
     done = subprocess.run(["bash", str(CREATE_ENV)], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "PY": python, "VENV": str(tmp_path / "venv")})
     assert done.returncode == 1
     assert says.replace("no-such-python3", python) in done.stdout
     assert not (tmp_path / "venv").exists()  # refused before creating anything
+
+
+def test_create_env_refuses_to_run_without_the_constraints_file(tmp_path):
+    done = subprocess.run(["bash", str(CREATE_ENV)], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PY": sys.executable, "VENV": str(tmp_path / "venv")})
+    assert done.returncode == 1
+    assert "constraints.txt is missing: git checkout constraints.txt" in done.stdout
+    assert not (tmp_path / "venv").exists()
+
+
+ROOT = CREATE_ENV.parents[1]
+
+
+@pytest.mark.parametrize("uid, root", [("0", True), ("1000", False)])
+def test_make_lab_passes_allow_root_only_to_root(uid, root):
+    """Jupyter refuses to start as root without --allow-root (containers, cloud VMs)."""
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    # -n: print the commands without running them; -o: as if the environment were up to date
+    done = subprocess.run(["make", "-n", "-o", ".venv/.cotlib-installed", "lab", f"USER_ID={uid}"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lab = [line for line in done.stdout.splitlines() if "jupyter lab" in line]
+    assert lab, done.stdout
+    assert lab[-1].endswith("--allow-root") is root
+
+
+def test_make_lab_detects_root_by_itself():
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    done = subprocess.run(["make", "-n", "-o", ".venv/.cotlib-installed", "lab"],
+                          capture_output=True, text=True, cwd=ROOT)
+    lab = [line for line in done.stdout.splitlines() if "jupyter lab" in line][-1]
+    assert lab.endswith("--allow-root") is (os.getuid() == 0)
