@@ -452,6 +452,29 @@ def _feed(state: DecodeState, chunks: Sequence[Sequence[int]]) -> None:
     state.next_pos = state.next_pos + chunk_mask.sum(dim=-1)
 
 
+def feed(state: DecodeState, chunks: Sequence[Sequence[int]]) -> None:
+    """Feed token ids through the cached model, one list per row (an empty list leaves that row
+    alone); afterwards ``state.logits[i]`` scores row ``i``'s next token. The building block of
+    :func:`decode_stage`, public for notebook 06's exercise.
+
+    >>> model, processor = models.load(models.tiny("idefics3"))
+    >>> from PIL import Image
+    >>> state = start(model, processor, [Image.new("RGB", (64, 64))], ["How many?"])
+    >>> before = state.logits.clone()
+    >>> feed(state, [state.rows[0].pending])
+    >>> bool((state.logits != before).any())
+    True
+    """
+    import torch
+
+    if len(chunks) != state.size:
+        raise ValueError(f"feed needs one token list per row ({state.size}), got {len(chunks)}")
+    if not state.reuse_cache or state.cache is None:
+        raise ValueError("feed needs a state with a cache: start(..., reuse_cache=True)")
+    with torch.inference_mode():
+        _feed(state, [list(c) for c in chunks])
+
+
 def _sync(device) -> None:
     if getattr(device, "type", "") == "cuda":
         import torch

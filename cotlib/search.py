@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cotlib import checks, infer, models
+from cotlib import infer, models, stages
 
 ANSWER = "ANSWER"  # the "stage" name best-of-N uses for whole answers
 
@@ -59,6 +59,8 @@ class Candidate:
     token_logprobs: list[float] = field(default_factory=list)
     stop: str = infer.TAG
     closed: bool = True  # ended with its own closing tag (whole answers: every stage did)
+    parent: int | None = None  # SWIRES: the index of the candidate it grew from (previous stage)
+    score: float | None = None  # SWIRES: the scorer's score
 
     @property
     def tokens(self) -> int:
@@ -129,10 +131,12 @@ class StageSearch:
     winner: int
     sample_seconds: float = 0.0
     judge_seconds: float = 0.0
+    kept: list[int] = field(default_factory=list)  # SWIRES: indices that go on (best first)
+    note: str = ""  # SWIRES: e.g. "retrace 1"
 
     @property
     def best(self) -> Candidate:
-        return self.candidates[self.winner]
+        return next(c for c in self.candidates if c.index == self.winner)
 
 
 @dataclass
@@ -140,7 +144,7 @@ class SearchTree:
     """A whole search: one :class:`StageSearch` per stage (one ``ANSWER`` step for best-of-N)
     and the final :class:`cotlib.infer.StagedAnswer`."""
 
-    method: str  # "beam", "best_of_n" or "greedy"
+    method: str  # "beam", "best_of_n", "greedy" or "swires"
     scorer: str
     question: str
     steps: list[StageSearch]
@@ -159,13 +163,19 @@ class SearchTree:
         lines = [f"{self.method} search, scorer: {self.scorer}, {self.seconds:.2f} s — "
                  f"{self.question!r}"]
         for step in self.steps:
-            lines.append(f"{step.stage}  ({len(step.candidates)} candidates, sampled in "
+            note = f" {step.note}" if step.note else ""
+            lines.append(f"{step.stage}{note}  ({len(step.candidates)} candidates, sampled in "
                          f"{step.sample_seconds:.2f} s, judged in {step.judge_seconds:.2f} s)")
+            if step.kept and len(step.kept) < sum(len(s.candidates) for s in self.steps
+                                                  if s.stage == step.stage):
+                lines.append(f"    kept so far (best first): {step.kept}")
             for c in step.candidates:
-                mark = "★" if c.index == step.winner else " "
+                mark = "★" if c.index == step.winner else ("+" if c.index in step.kept else " ")
                 flag = "" if c.closed else f"  [not closed: {c.stop}]"
-                lines.append(f"  {mark} [{c.index}] {_short(c.text, width)}  "
-                             f"(mean logprob {c.mean_logprob:.2f}){flag}")
+                origin = f"from [{c.parent}] " if c.parent is not None else ""
+                score = f"score {_fmt(c.score)}, " if c.score is not None else ""
+                lines.append(f"  {mark} [{c.index}] {origin}{_short(c.text, width)}  "
+                             f"({score}mean logprob {c.mean_logprob:.2f}){flag}")
             for m in step.comparisons:
                 lines.append(f"      round {m.round}: [{m.a}] vs [{m.b}] -> [{m.winner}] by "
                              f"{m.by}: {_short(m.reason, width)}")
@@ -441,6 +451,87 @@ def openai_judge_scorer(client, model_name: str, **kwargs) -> OpenAIJudge:
     return OpenAIJudge(client, model_name, **kwargs)
 
 
+_RATE_FRAME = (
+    "You are scoring one candidate {what} for a question about this image.\n"
+    "Question: {question}\n"
+    "Answer so far: {so_far}\n"
+    "{criterion}\n"
+    "Candidate: {text}\n"
+    'Rate it from 0 (useless) to 10 (perfect). Reply in exactly this format: "Score: N".'
+)
+_SCORE_RE = re.compile(r"score\s*[:=]?\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+_NUMBER_RE = re.compile(r"^\s*\**\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*\**\s*\.?\s*$")
+
+
+def parse_rating(text: str) -> float | None:
+    """Read a rater's answer: the number after "Score:", or a reply that is only a number;
+    ``None`` if neither is there.
+
+    >>> parse_rating("Score: 7"), parse_rating("**Score:** 8.5 because..."), parse_rating(" 6/10")
+    (7.0, 8.5, 6.0)
+    >>> parse_rating("quite good") is None
+    True
+    """
+    text = str(text or "")
+    m = _SCORE_RE.search(text) or _NUMBER_RE.match(text)
+    return float(m.group(1)) if m else None
+
+
+class OpenAIRater(ScoreScorer):
+    """An external reward model through any OpenAI-compatible chat endpoint: it rates one
+    candidate at a time from 0 to 10 (what SWIRES needs; the pairwise judges cannot say how good
+    a candidate is on its own). A failed call or an unreadable answer scores NaN, which ranks
+    last; ``failures`` counts them and ``log`` keeps every raw answer."""
+
+    def __init__(self, client, model_name: str, *, include_image: bool = True,
+                 max_tokens: int = 16):
+        super().__init__(f"openai rater ({model_name})", self._rate)
+        self.client, self.model_name = client, model_name
+        self.include_image, self.max_tokens = include_image, max_tokens
+        self.failures = 0
+        self.log: list[tuple[str, int, str]] = []  # (stage, candidate index, raw answer or error)
+
+    def prompt(self, c: Candidate, ctx: JudgeContext) -> str:
+        template = JUDGE_PROMPTS.get(ctx.stage) or JUDGE_PROMPTS[ANSWER]
+        what = template.split("two candidate ", 1)[1].split(" for a question", 1)[0]
+        criterion = template.split("\n")[3].replace("Which response", "Does this one")
+        return _RATE_FRAME.format(what=what, question=ctx.question,
+                                  so_far=ctx.so_far.strip() or "(nothing yet)",
+                                  criterion=criterion, text=c.text.strip() or "(empty)")
+
+    def _rate(self, c: Candidate, ctx: JudgeContext) -> float:
+        from cotlib import images
+
+        content: list[dict] = [{"type": "text", "text": self.prompt(c, ctx)}]
+        if self.include_image and ctx.image is not None:
+            content.append({"type": "image_url",
+                            "image_url": {"url": images.image_to_data_url(ctx.image)}})
+        try:
+            resp = self.client.chat.completions.create(
+                model=self.model_name, messages=[{"role": "user", "content": content}],
+                max_tokens=self.max_tokens, temperature=0,
+            )
+            raw = resp.choices[0].message.content or ""
+        except Exception as err:  # network, auth, server errors: rank last, keep going
+            raw = f"rater call failed: {type(err).__name__}: {_short(err, 120)}"
+            self.failures += 1
+            self.log.append((ctx.stage, c.index, raw))
+            return float("nan")
+        self.log.append((ctx.stage, c.index, raw))
+        value = parse_rating(raw)
+        if value is None:
+            self.failures += 1
+            return float("nan")
+        return value
+
+
+def openai_reward_scorer(client, model_name: str, **kwargs) -> OpenAIRater:
+    """An external reward model served through the ``openai`` client, rating each candidate 0–10
+    (for :func:`swires`; cutoffs are then on that scale, e.g. ``cutoff=5``). Keyword arguments:
+    ``include_image``, ``max_tokens``."""
+    return OpenAIRater(client, model_name, **kwargs)
+
+
 # -----------------------------------------------------------------------------
 # the knockout
 
@@ -608,6 +699,155 @@ def greedy(
     return SearchTree("greedy", "none", question, steps, answer, time.perf_counter() - t0)
 
 
+def _rank(cands: Sequence[Candidate]) -> list[int]:
+    """Candidate indices best first: closed before not closed, then by score (NaN last);
+    ties keep the earlier candidate first."""
+    def key(c: Candidate):
+        score = c.score if c.score is not None and not math.isnan(c.score) else float("-inf")
+        return (not c.closed, -score)
+    return [c.index for c in sorted(cands, key=key)]
+
+
+def _as_score_scorer(scorer: Scorer | Callable[..., float] | None) -> ScoreScorer:
+    if scorer is None:
+        return loglik_scorer()
+    if isinstance(scorer, ScoreScorer):
+        return scorer
+    if isinstance(scorer, Scorer):
+        raise ValueError(f"SWIRES needs a score per candidate, and {scorer!r} only compares "
+                         "pairs: use loglik_scorer(), function_scorer(fn) or "
+                         "openai_reward_scorer(client, model)")
+    if callable(scorer):
+        return function_scorer(scorer)
+    raise TypeError(f"scorer must be a ScoreScorer or a function, got {type(scorer).__name__}")
+
+
+def swires(
+    model,
+    processor,
+    image: Any,
+    question: str,
+    *,
+    m: int = 4,
+    n: int = 2,
+    k: int = 2,
+    top: int = 3,
+    retraces: int = 3,
+    cutoff: float = -1.0,
+    scorer: ScoreScorer | Callable[..., float] | None = None,
+    sampling: infer.Sampling = LLAVA_COT_SAMPLING,
+    max_new_tokens_per_stage: int | Mapping[str, int] | None = None,
+    force_tokens_per_stage: int | None = None,
+    on_stage_end: Callable[[StageSearch], Any] | None = None,
+) -> SearchTree:
+    """SWIRES, the stage-wise retracing search of LLaVA-CoT's later version (arXiv 2411.10440
+    v6): one SUMMARY; sample ``m`` CAPTIONs and keep the best ``n``; sample ``k`` REASONINGs
+    from each kept caption; if the second-best reasoning scores at or below ``cutoff``, retrace:
+    sample ``m`` more captions, keep the best ``n`` of *all* captions so far, give the newly kept
+    ones ``k`` reasonings each, and look again (at most ``retraces`` times). Finally one
+    CONCLUSION for each of the ``top`` best reasonings; the best-scored conclusion's answer is
+    returned.
+
+    ``scorer`` scores one candidate at a time (higher is better): the model's own mean
+    log-probability per token by default (so ``cutoff=-1.0`` is in nats per token), any
+    ``fn(candidate[, context]) -> float``, or :func:`openai_reward_scorer` online (scores 0–10;
+    set ``cutoff`` on that scale). A candidate that never closed its stage ranks below every
+    one that did. The paper's values: ``m=4, n=2, k=2, top=3``, ``retraces=3``.
+
+    Each sampled candidate appears in exactly one step of the returned tree (so summing
+    ``candidate.tokens`` over the steps counts the search's real cost); ``step.kept`` lists the
+    pool's best candidates after that step, ``candidate.parent`` where each one grew from.
+    Same call shape as :func:`beam_search_stages`.
+    """
+    for name, value in (("m", m), ("n", n), ("k", k), ("top", top)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if retraces < 0:
+        raise ValueError(f"retraces must be >= 0, got {retraces}")
+    rater = _as_score_scorer(scorer)
+    generator = _generator(model, sampling)
+    kw = dict(max_new_tokens=max_new_tokens_per_stage, force_tokens=force_tokens_per_stage,
+              sampling=sampling, generator=generator)
+    t0 = time.perf_counter()
+    steps: list[StageSearch] = []
+
+    def sample(state: infer.DecodeState, first: int, parent: int | None, ctx: JudgeContext):
+        t1 = time.perf_counter()
+        results = infer.decode_stage(state, **kw)
+        t2 = time.perf_counter()
+        cands = []
+        for j, r in enumerate(results):
+            c = Candidate.from_result(first + j, r)
+            c.parent, c.score = parent, float(rater.score(c, ctx))
+            cands.append(c)
+        return cands, t2 - t1, time.perf_counter() - t2
+
+    def record(step: StageSearch) -> None:
+        steps.append(step)
+        if on_stage_end is not None:
+            on_stage_end(step)
+
+    root = infer.start(model, processor, [image], [question])
+    (summary,), ts, tj = sample(root, 0, None, JudgeContext("SUMMARY", question, "", image))
+    record(StageSearch("SUMMARY", [summary], [], 0, ts, tj, kept=[0]))
+    cap_ctx = JudgeContext("CAPTION", question, _so_far(root), image)
+    captions: list[Candidate] = []
+    reasonings: list[Candidate] = []
+    where: dict[tuple[str, int], tuple[infer.DecodeState, int]] = {}  # (stage, index) -> row
+    for attempt in range(retraces + 1):
+        note = f"retrace {attempt}" if attempt else ""
+        batch = root.repeat(m)
+        new, ts, tj = sample(batch, len(captions), 0, cap_ctx)
+        for j, c in enumerate(new):
+            where["CAPTION", c.index] = (batch, j)
+        captions += new
+        kept = _rank(captions)[:n]
+        record(StageSearch("CAPTION", new, [], kept[0], ts, tj, kept=kept, note=note))
+        grown = {c.parent for c in reasonings}
+        new_r: list[Candidate] = []
+        ts = tj = 0.0
+        for ci in kept:
+            if ci in grown:
+                continue
+            state, row = where["CAPTION", ci]
+            branch = state.select([row]).repeat(k)
+            ctx = JudgeContext("REASONING", question, _so_far(branch), image)
+            cands, s1, j1 = sample(branch, len(reasonings) + len(new_r), ci, ctx)
+            for j, c in enumerate(cands):
+                where["REASONING", c.index] = (branch, j)
+            new_r += cands
+            ts, tj = ts + s1, tj + j1
+        reasonings += new_r
+        ranked = _rank(reasonings)
+        second = next(c for c in reasonings if c.index == ranked[min(1, len(ranked) - 1)])
+        retrace = second.score is None or not second.score > cutoff
+        if retrace:
+            why = (f"second best [{second.index}] scores {_fmt(second.score)} <= cutoff "
+                   f"{_fmt(cutoff)}")
+            note = (f"{note}; " if note else "") + (
+                f"{why}: retrace to CAPTION" if attempt < retraces
+                else f"{why}, but all {retraces} retraces are used: stop")
+        record(StageSearch("REASONING", new_r, [], ranked[0], ts, tj, kept=ranked[:top],
+                           note=note))
+        if not retrace:
+            break
+    conclusions: list[Candidate] = []
+    finals: list[infer.DecodeState] = []
+    ts = tj = 0.0
+    for ri in ranked[:top]:
+        state, row = where["REASONING", ri]
+        branch = state.select([row])
+        ctx = JudgeContext("CONCLUSION", question, _so_far(branch), image)
+        (c,), s1, j1 = sample(branch, len(conclusions), ri, ctx)
+        conclusions.append(c)
+        finals.append(branch)
+        ts, tj = ts + s1, tj + j1
+    order = _rank(conclusions)
+    record(StageSearch("CONCLUSION", conclusions, [], order[0], ts, tj, kept=order))
+    answer = infer.finish(finals[order[0]])[0]
+    return SearchTree("swires", rater.name, question, steps, answer, time.perf_counter() - t0)
+
+
 # -----------------------------------------------------------------------------
 # drawing
 
@@ -627,52 +867,46 @@ def draw_tree(tree: SearchTree, ax=None, width: int = 28):
     ax.text(-0.7, -0.9, "question", fontsize=8, weight="bold")
     prev = (-0.55, (n_rows - 1) / 2)
     ax.plot(*prev, "ko", markersize=5)
+    at: dict[tuple[str, int], tuple[float, float]] = {}  # (stage, index) -> right edge of its box
+    chosen = {tree.steps[-1].stage: tree.steps[-1].winner} if tree.steps else {}
+    for step in reversed(tree.steps):  # SWIRES: the path to the answer, stage by stage
+        c = next((c for c in step.candidates if c.index == chosen.get(step.stage)), None)
+        if c is not None and c.parent is not None and step.stage in stages.STAGES:
+            previous = stages.STAGES[stages.STAGES.index(step.stage) - 1]
+            chosen.setdefault(previous, c.parent)
     for x, step in enumerate(tree.steps):
-        ax.text(x, -0.9, step.stage, ha="center", fontsize=9, weight="bold")
+        extra = [part for part in (step.note.split(";")[0] if step.note.startswith("retrace")
+                                   else "", "→ retrace" if "retrace to" in step.note else "")
+                 if part]
+        title = "\n".join([step.stage, *extra])
+        ax.text(x, -0.9, title, ha="center", fontsize=9, weight="bold")
         offset = (n_rows - len(step.candidates)) / 2
         wins = {c.index: 0 for c in step.candidates}
         for m in step.comparisons:
             wins[m.winner] += 1
-        for c in step.candidates:
-            y = offset + c.index
-            ax.annotate("", xy=(x - 0.42, y), xytext=prev,
+        for pos, c in enumerate(step.candidates):
+            y = offset + pos
+            source = prev
+            if c.parent is not None and step.stage in stages.STAGES:
+                previous = stages.STAGES[stages.STAGES.index(step.stage) - 1]
+                source = at.get((previous, c.parent), prev)
+            ax.annotate("", xy=(x - 0.42, y), xytext=source,
                         arrowprops=dict(arrowstyle="-", color="0.75", lw=0.8))
-            colour = "#c8f0c8" if c.index == step.winner else (
-                "#f6d0d0" if not c.closed else "#eeeeee")
-            label = f"[{c.index}] {_short(c.text, width)}\nlogp/tok {c.mean_logprob:.2f}"
+            best = chosen.get(step.stage, step.winner) if step.kept else step.winner
+            colour = "#c8f0c8" if c.index == best else (
+                "#f6d0d0" if not c.closed else ("#dde8f8" if c.index in step.kept[1:] else
+                                                "#eeeeee"))
+            label = f"[{c.index}] {_short(c.text, width)}\n"
+            label += (f"score {_fmt(c.score)}" if c.score is not None
+                      else f"logp/tok {c.mean_logprob:.2f}")
             if step.comparisons:
                 label += f"  wins {wins[c.index]}"
             ax.text(x, y, label, ha="center", va="center", fontsize=7, family="monospace",
                     bbox=dict(boxstyle="round,pad=0.3", fc=colour, ec="0.5"))
-        prev = (x + 0.42, offset + step.winner)
+            at[step.stage, c.index] = (x + 0.42, y)
+        winner_pos = next((p for p, c in enumerate(step.candidates) if c.index == step.winner),
+                          0)
+        prev = (x + 0.42, offset + winner_pos)
     ax.set_title(f"{tree.method} search — scorer: {tree.scorer} — answer: "
                  f"{_short(tree.answer.final_answer, 40)!r}", fontsize=9)
     return ax
-
-
-# -----------------------------------------------------------------------------
-# exercise checkers
-
-
-def length_normalised_cases() -> list[checks.Case]:
-    """Cases for the notebook 06 exercise ``length_normalised(logprobs, alpha) -> float``."""
-    return [
-        checks.Case("mean (alpha=1)", ([-1.0, -3.0], 1.0), -2.0,
-                    "With alpha=1 divide the sum by the number of tokens."),
-        checks.Case("raw sum (alpha=0)", ([-1.0, -3.0], 0.0), -4.0,
-                    "len(logprobs) ** 0 is 1: alpha=0 gives the plain sum."),
-        checks.Case("square-root length (alpha=0.5)", ([-2.0, -2.0, -2.0, -2.0], 0.5), -4.0,
-                    "Divide by len(logprobs) ** alpha, not by len(logprobs) * alpha."),
-        checks.Case("one token", ([-0.5], 1.0), -0.5),
-        checks.Case("no tokens", ([], 1.0), float("-inf"),
-                    "An empty candidate must never win: return float('-inf')."),
-    ]
-
-
-def check_length_normalised(fn: Callable[[Sequence[float], float], float]) -> bool:
-    """Check a learner's ``length_normalised(logprobs, alpha)`` against
-    :func:`length_normalised_loglik`."""
-    cases = length_normalised_cases()
-    for case in cases:  # the table must agree with the library
-        assert length_normalised_loglik(*case.args) == case.expected, case.name
-    return checks.run_cases("length_normalised", fn, cases)

@@ -18,33 +18,19 @@ def test_cmp_values_and_tensors(capsys):
     assert "got 1, expected 2" in out and "shape (3,), expected (4,)" in out
 
 
-def test_well_formed_checker_accepts_the_library_answer(capsys):
-    assert checks.check_is_well_formed(stages.is_valid)
-    assert "all 8 cases pass" in capsys.readouterr().out
-
-
-def test_well_formed_checker_explains_a_case_sensitive_mistake(capsys):
-    def naive(text: str) -> bool:
-        return all(f"<{s}>" in text and f"</{s}>" in text for s in stages.STAGES)
-
-    assert not checks.check_is_well_formed(naive)
-    out = capsys.readouterr().out
-    assert "lower-case tags" in out and "hint:" in out
-
-
 def test_stub_is_reported_as_not_done(capsys):
-    def stub(text):
+    def stub(a, b):
         raise NotImplementedError("Exercise: write this part")
 
-    assert not checks.check_is_well_formed(stub)
+    assert not checks.check_weights_gib(stub)
     assert "not done yet" in capsys.readouterr().out
 
 
 def test_learner_exception_is_shown_not_raised(capsys):
-    def buggy(text):
-        return text[10**9]
+    def buggy(a, b):
+        return [][10]
 
-    assert not checks.check_is_well_formed(buggy)
+    assert not checks.check_weights_gib(buggy)
     assert "IndexError" in capsys.readouterr().out
 
 
@@ -71,3 +57,299 @@ def test_weights_gib_checker_accepts_the_library_and_names_common_mistakes(capsy
     assert "float32" in capsys.readouterr().out
     with pytest.raises(ValueError, match="choose one of"):
         models.weights_gib(1, "fp8")
+
+
+# --------------------------------------------------------------------------------------------
+# the mechanism exercises (issue 22): a correct implementation passes, wrong ones are explained
+
+
+def _stub(*args):
+    raise NotImplementedError("Exercise: write this part")
+
+
+_STAGE_TAG = __import__("re").compile(r"<[ \t]*(/?)[ \t]*([A-Za-z]+)[ \t]*>")
+
+
+def split_stages_solution(text):
+    found, current, start = {}, None, 0
+    for m in _STAGE_TAG.finditer(text):
+        closing, name = m.group(1) == "/", m.group(2).upper()
+        if name not in stages.STAGES:
+            continue
+        if not closing:
+            if current is not None:
+                found.setdefault(current, text[start:m.start()].strip())
+            current, start = name, m.end()
+        elif name == current:
+            found.setdefault(current, text[start:m.start()].strip())
+            current = None
+    if current is not None:
+        found.setdefault(current, text[start:].strip())
+    return found
+
+
+def test_split_stages_checker(capsys):
+    import re
+
+    assert checks.check_split_stages(split_stages_solution)
+    assert "all 10 cases pass" in capsys.readouterr().out
+
+    def exact_case(text):  # the naive regex: upper-case tags only, must be closed
+        return {m.group(1): m.group(2).strip()
+                for m in re.finditer(r"<(SUMMARY|CAPTION|REASONING|CONCLUSION)>(.*?)</\1>",
+                                     text, re.S)}
+
+    assert not checks.check_split_stages(exact_case)
+    out = capsys.readouterr().out
+    assert "case 'lower-case tags'" in out and "got:" in out and "expected:" in out
+    assert "hint: Compare tag names case-insensitively" in out
+
+    def last_wins(text):  # a repeated stage overwrites the first one
+        found = split_stages_solution(text)
+        for m in re.finditer(r"<CONCLUSION>(.*?)</CONCLUSION>", text, re.S):
+            found["CONCLUSION"] = m.group(1).strip()
+        return found
+
+    assert not checks.check_split_stages(last_wins)
+    assert "case 'a repeated stage'" in capsys.readouterr().out
+    assert not checks.check_split_stages(_stub)
+    assert "not done yet" in capsys.readouterr().out
+
+
+def completion_labels_solution(input_ids, attention_mask, prompt_lengths, image_token_id,
+                               end_token_id):
+    labels = input_ids.clone()
+    labels[attention_mask == 0] = -100
+    labels[input_ids == image_token_id] = -100
+    for i, n in enumerate(prompt_lengths):
+        labels[i, :n] = -100
+        if end_token_id is not None:
+            ends = (input_ids[i, n:] == end_token_id).nonzero()
+            if len(ends):
+                labels[i, n + int(ends[0]) + 1:] = -100
+    return labels
+
+
+def test_completion_labels_checker_against_trls_collator(capsys):
+    assert checks.check_completion_labels(completion_labels_solution)
+    out = capsys.readouterr().out
+    assert "same labels as the collator (2 batches)" in out
+    assert "after the end-of-turn token are trained too" in out  # TRL trains the newline
+
+    def prompt_only(ids, mask, lengths, image_id, end_id):  # forgets the padding
+        labels = ids.clone()
+        for i, n in enumerate(lengths):
+            labels[i, :n] = -100
+        return labels
+
+    assert not checks.check_completion_labels(prompt_only)
+    out = capsys.readouterr().out
+    assert "in padding" in out and "attention_mask == 0" in out
+
+    def in_place(ids, mask, lengths, image_id, end_id):
+        ids[mask == 0] = -100
+        return ids
+
+    assert not checks.check_completion_labels(in_place)
+    assert "input_ids changed" in capsys.readouterr().out
+
+    def first_length_for_all(ids, mask, lengths, image_id, end_id):
+        labels = ids.clone()
+        labels[mask == 0] = -100
+        labels[:, :lengths[0]] = -100
+        return labels
+
+    assert not checks.check_completion_labels(first_length_for_all)
+    assert "each row has its own prompt length" in capsys.readouterr().out
+    assert not checks.check_completion_labels(_stub)
+    assert "not done yet" in capsys.readouterr().out
+
+
+def test_completion_labels_checker_with_a_collator_that_stops_at_the_end_token(capsys):
+    """A collator that trains nothing after the end-of-turn token: the learner gets its id."""
+    from transformers import AutoProcessor
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from cotlib import models
+
+    processor = AutoProcessor.from_pretrained(models.tiny("idefics3"))
+    trl = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
+    end = processor.tokenizer.eos_token_id
+
+    def stop_at_end(examples):
+        batch = trl(examples)
+        for i in range(batch["labels"].shape[0]):
+            trained = (batch["labels"][i] != -100).nonzero().flatten()
+            ends = [int(p) for p in trained if batch["input_ids"][i, p] == end]
+            if ends:
+                batch["labels"][i, ends[0] + 1:] = -100
+        return batch
+
+    assert checks.check_completion_labels(completion_labels_solution, stop_at_end, processor)
+    assert "nothing after the end-of-turn token is trained" in capsys.readouterr().out
+
+    def ignores_end(ids, mask, lengths, image_id, end_id):
+        return completion_labels_solution(ids, mask, lengths, image_id, None)
+
+    assert not checks.check_completion_labels(ignores_end, stop_at_end, processor)
+    assert "after the end-of-turn token" in capsys.readouterr().out
+
+
+def lora_forward_solution(x, W, b, A, B, alpha, r):
+    out = x @ W.T + (alpha / r) * (x @ A.T @ B.T)
+    return out + b if b is not None else out
+
+
+def test_lora_forward_checker(capsys):
+    assert checks.check_lora_forward(lora_forward_solution)
+    assert "matches PEFT's LoRA layers on 5 modules" in capsys.readouterr().out
+
+    def unscaled(x, W, b, A, B, alpha, r):
+        out = x @ W.T + x @ A.T @ B.T
+        return out + b if b is not None else out
+
+    assert not checks.check_lora_forward(unscaled)
+    assert "scaled by alpha / r" in capsys.readouterr().out
+
+    def frozen_only(x, W, b, A, B, alpha, r):
+        return x @ W.T + (b if b is not None else 0)
+
+    assert not checks.check_lora_forward(frozen_only)
+    assert "add the low-rank detour" in capsys.readouterr().out
+
+    def no_bias(x, W, b, A, B, alpha, r):
+        return x @ W.T + (alpha / r) * (x @ A.T @ B.T)
+
+    assert not checks.check_lora_forward(no_bias)  # Qwen2's q_proj has a bias
+    assert "bias" in capsys.readouterr().out
+    assert not checks.check_lora_forward(lambda x, W, b, A, B, alpha, r: B @ A)
+    assert "shape" in capsys.readouterr().out
+    assert not checks.check_lora_forward(_stub)
+    assert "not done yet" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def stand_in(tiny_cache):
+    """A tiny model overfit on one trace: it writes the closing tags itself."""
+    from cotlib import infer, models, synth
+
+    torch.manual_seed(0)
+    model, processor = models.load(models.tiny("idefics3"), dtype="float32")
+    task = synth.make_tasks(1, seed=3)[0]
+    trace = stages.render("I will count.", "Two shapes.", "So two.", "2")
+    infer.memorise(model, processor, task.get_image(), task.prompt_question(), trace)
+    return model, processor, task.get_image(), task.prompt_question()
+
+
+def decode_one_stage_solution(state, max_new_tokens):
+    from cotlib import infer
+
+    tok = state.processor.tokenizer
+    close = stages.close_tag(state.next_stage)
+    infer.feed(state, [state.rows[0].pending])
+    ids = []
+    while True:
+        token = int(state.logits[0].argmax())
+        if token == tok.eos_token_id:
+            return ids, "eos"
+        ids.append(token)
+        if close in tok.decode(ids):
+            return ids, "tag"
+        if len(ids) >= max_new_tokens:
+            return ids, "length"
+        infer.feed(state, [[token]])
+
+
+def test_decode_stage_checker(stand_in, capsys):
+    assert checks.check_decode_stage(decode_one_stage_solution, *stand_in)
+    assert "in all 5 cases" in capsys.readouterr().out
+
+    def no_opening(state, max_new_tokens):  # forgets to feed the opening tag
+        state.rows[0].pending = []
+        return decode_one_stage_solution(state, max_new_tokens)
+
+    assert not checks.check_decode_stage(no_opening, *stand_in)
+    assert "feed the stage's opening tokens" in capsys.readouterr().out
+
+    def budget_only(state, max_new_tokens):  # never looks for the closing tag
+        from cotlib import infer
+
+        infer.feed(state, [state.rows[0].pending])
+        ids = []
+        while len(ids) < max_new_tokens:
+            ids.append(int(state.logits[0].argmax()))
+            infer.feed(state, [[ids[-1]]])
+        return ids, "length"
+
+    assert not checks.check_decode_stage(budget_only, *stand_in)
+    out = capsys.readouterr().out
+    assert "case 'SUMMARY with max_new_tokens=128'" in out and "stop 'tag'" in out
+    assert "closing tag" in out
+
+    def wrong_stop(state, max_new_tokens):
+        ids, stop = decode_one_stage_solution(state, max_new_tokens)
+        return ids, "done"
+
+    assert not checks.check_decode_stage(wrong_stop, *stand_in)
+    assert "right tokens, wrong reason" in capsys.readouterr().out
+    assert not checks.check_decode_stage(_stub, *stand_in)
+    assert "not done yet" in capsys.readouterr().out
+
+
+def knockout_solution(scores, closed):
+    alive, matches, rnd = list(range(len(scores))), [], 0
+    while len(alive) > 1:
+        rnd += 1
+        winners = []
+        for a, b in zip(alive[0::2], alive[1::2]):
+            if closed[a] != closed[b]:
+                w = a if closed[a] else b
+            else:
+                w = b if scores[b] > scores[a] else a
+            matches.append((rnd, a, b, w))
+            winners.append(w)
+        if len(alive) % 2:
+            winners.append(alive[-1])
+        alive = winners
+    return alive[0], matches
+
+
+def test_knockout_checker(capsys):
+    assert checks.check_knockout(knockout_solution)
+    assert "all 9 cases pass" in capsys.readouterr().out
+
+    def argmax(scores, closed):  # the right winner without a knockout
+        return max(range(len(scores)), key=lambda i: scores[i]), []
+
+    assert not checks.check_knockout(argmax)
+    out = capsys.readouterr().out
+    assert "right winner, but the matches differ" in out and "Round 1 pairs 0-1" in out
+
+    def ties_to_second(scores, closed):
+        alive, matches, rnd = list(range(len(scores))), [], 0
+        while len(alive) > 1:
+            rnd += 1
+            nxt = []
+            for a, b in zip(alive[0::2], alive[1::2]):
+                w = b if scores[b] >= scores[a] else a
+                matches.append((rnd, a, b, w))
+                nxt.append(w)
+            alive = nxt + ([alive[-1]] if len(alive) % 2 else [])
+        return alive[0], matches
+
+    assert not checks.check_knockout(ties_to_second)
+    assert "case 'a tie'" in capsys.readouterr().out
+
+    def ignores_closed(scores, closed):
+        return knockout_solution(scores, [True] * len(scores))
+
+    assert not checks.check_knockout(ignores_closed)
+    assert "closed its stage beats" in capsys.readouterr().out
+
+    def drops_the_odd_one(scores, closed):
+        return knockout_solution(scores[: len(scores) // 2 * 2] or scores, closed)
+
+    assert not checks.check_knockout(drops_the_odd_one)
+    assert "bye" in capsys.readouterr().out
+    assert not checks.check_knockout(_stub)
+    assert "not done yet" in capsys.readouterr().out

@@ -286,17 +286,160 @@ def test_beam_search_on_a_model_that_writes_tags(tiny_cache, task):
 
 
 # -----------------------------------------------------------------------------
-# the notebook exercise
+# SWIRES
 
 
-def test_check_length_normalised(capsys):
-    assert search.check_length_normalised(search.length_normalised_loglik)
-    assert not search.check_length_normalised(
-        lambda lp, alpha: sum(lp) / (len(lp) * alpha) if lp else float("-inf"))
-    assert "hint" in capsys.readouterr().out
+def scripted(table):
+    """A scorer that reads each candidate's score from ``table[stage][index]``."""
+    return search.function_scorer(lambda c: table[c.stage][c.index], name="scripted")
 
-    def stub(logprobs, alpha):
-        raise NotImplementedError
 
-    assert not search.check_length_normalised(stub)
-    assert "not done yet" in capsys.readouterr().out
+SWIRES_KW = dict(m=3, n=2, k=2, top=2, force_tokens_per_stage=2)
+
+
+def _swires(tiny, task, table, **kwargs):
+    model, processor = tiny
+    return search.swires(model, processor, task.get_image(), task.prompt_question(),
+                         scorer=scripted(table), **{**SWIRES_KW, **kwargs})
+
+
+def test_swires_without_retrace(tiny, task):
+    table = {"SUMMARY": [0.0], "CAPTION": [1.0, 5.0, 3.0],
+             "REASONING": [2.0, 9.0, 8.0, 1.0], "CONCLUSION": [0.5, 0.7]}
+    seen = []
+    tree = _swires(tiny, task, table, cutoff=4.0, on_stage_end=seen.append)
+    assert tree.method == "swires" and seen == tree.steps
+    assert [s.stage for s in tree.steps] == ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
+    cap, rea, con = tree.steps[1:]
+    assert cap.kept == [1, 2] and cap.winner == 1  # best two captions by score
+    # two reasonings from each kept caption, best caption first
+    assert [(c.index, c.parent) for c in rea.candidates] == [(0, 1), (1, 1), (2, 2), (3, 2)]
+    assert rea.kept == [1, 2] and "retrace" not in rea.note  # second best 8.0 > cutoff 4.0
+    # one conclusion per top reasoning; the best-scored one is the answer
+    assert [c.parent for c in con.candidates] == [1, 2] and con.winner == 1
+    assert tree.answer.stages["CONCLUSION"].text == con.candidates[1].text
+    assert tree.answer.stages["REASONING"].text == rea.candidates[2].text  # its parent
+    assert tree.answer.stages["CAPTION"].text == cap.candidates[2].text  # and its parent
+    assert tree.answer.stages["SUMMARY"].text == tree.steps[0].candidates[0].text
+    assert [c.score for c in cap.candidates] == [1.0, 5.0, 3.0]
+    # every sampled candidate appears once: the token count is the search's real cost
+    assert sum(c.tokens for s in tree.steps for c in s.candidates) == 2 * (1 + 3 + 4 + 2)
+
+
+def test_swires_retraces_keeping_the_old_candidates(tiny, task):
+    # first pass: second-best reasoning 1.0 <= cutoff 4.0 -> retrace; the new caption 4 (7.0)
+    # joins caption 1 (5.0) in the top two; its reasonings (6.0, 9.5) lift the second best
+    table = {"SUMMARY": [0.0], "CAPTION": [1.0, 5.0, 3.0, 0.0, 7.0, 2.0],
+             "REASONING": [1.0, 2.0, 0.5, 0.0, 6.0, 9.5], "CONCLUSION": [1.0, 2.0]}
+    tree = _swires(tiny, task, table, cutoff=4.0, retraces=3)
+    names = [(s.stage, s.note.split(";")[0].split(":")[0]) for s in tree.steps]
+    assert [n for n, _ in names] == ["SUMMARY", "CAPTION", "REASONING", "CAPTION", "REASONING",
+                                     "CONCLUSION"]
+    first_r, cap2, second_r, con = tree.steps[2:]
+    assert "retrace to CAPTION" in first_r.note and "second best [0] scores 1.000" in first_r.note
+    assert cap2.note == "retrace 1" and [c.index for c in cap2.candidates] == [3, 4, 5]
+    assert cap2.kept == [4, 1]  # the pool of all six captions, best first
+    # caption 1 already has reasonings; only the newly kept caption 4 gets two more
+    assert [(c.index, c.parent) for c in second_r.candidates] == [(4, 4), (5, 4)]
+    assert second_r.kept == [5, 4] and "retrace to" not in second_r.note
+    assert [c.parent for c in con.candidates] == [5, 4] and con.winner == 1
+    assert tree.answer.stages["CAPTION"].text == cap2.candidates[1].text  # caption 4
+    assert tree.answer.stages["REASONING"].text == second_r.candidates[0].text  # reasoning 4
+
+
+def test_swires_stops_after_c_retraces(tiny, task):
+    low = {"SUMMARY": [0.0], "CAPTION": [float(i) for i in range(12)],
+           "REASONING": [-5.0] * 40, "CONCLUSION": [0.0, 1.0]}
+    tree = _swires(tiny, task, low, cutoff=0.0, retraces=2)
+    stages_seen = [s.stage for s in tree.steps]
+    assert stages_seen.count("CAPTION") == 3 and stages_seen.count("REASONING") == 3
+    assert "all 2 retraces are used" in tree.steps[-2].note
+    none = _swires(tiny, task, low, cutoff=0.0, retraces=0)
+    assert [s.stage for s in none.steps] == list(stages.STAGES)
+    text = tree.format()
+    assert "retrace 2" in text and "from [" in text and "score" in text
+    json.dumps(tree.to_dict())
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = search.draw_tree(tree)
+    assert any("retrace 1" in t.get_text() for t in ax.texts)
+
+
+def test_swires_default_scorer_and_errors(tiny, task):
+    model, processor = tiny
+    image, question = task.get_image(), task.prompt_question()
+    tree = search.swires(model, processor, image, question, force_tokens_per_stage=2,
+                         cutoff=-100.0)
+    assert tree.scorer.startswith("loglik") and len(tree.steps) == 4
+    for step in tree.steps:
+        for c in step.candidates:
+            assert c.score == pytest.approx(c.mean_logprob)
+    again = search.swires(model, processor, image, question, force_tokens_per_stage=2,
+                          cutoff=-100.0)
+    assert again.answer.completion_ids == tree.answer.completion_ids  # seeded
+    with pytest.raises(ValueError, match="only compares pairs"):
+        search.swires(model, processor, image, question,
+                      scorer=search.judge_scorer(model, processor))
+    with pytest.raises(ValueError, match="m must be"):
+        search.swires(model, processor, image, question, m=0)
+
+
+def test_swires_unclosed_candidates_rank_last():
+    cands = [_cand(0, closed=False), _cand(1), _cand(2), _cand(3)]
+    for c, score in zip(cands, [9.0, 1.0, float("nan"), 1.0]):
+        c.score = score
+    assert search._rank(cands) == [1, 3, 2, 0]  # ties keep order; NaN last of the closed
+
+
+def test_swires_on_a_model_that_writes_tags(tiny_cache, task):
+    torch.manual_seed(0)
+    model, processor = models.load(models.tiny("idefics3"), dtype="float32")
+    infer.memorise(model, processor, task.get_image(), task.prompt_question(), TRACE)
+    tree = search.swires(model, processor, task.get_image(), task.prompt_question(),
+                         m=2, n=1, k=2, top=1, retraces=1)
+    assert tree.answer.ok and tree.answer.final_answer == "2"
+    # a confident model: every candidate closes, mean log-prob near 0, no retrace
+    assert all(c.closed for s in tree.steps for c in s.candidates)
+    assert [s.stage for s in tree.steps] == list(stages.STAGES)
+
+
+@pytest.mark.parametrize("text, value", [("Score: 7", 7.0), ("score=3.5.", 3.5), ("8", 8.0),
+                                         ("**Score:** 9", 9.0), ("4/10", 4.0),
+                                         ("no idea", None), ("", None)])
+def test_parse_rating(text, value):
+    assert search.parse_rating(text) == value
+
+
+def test_swires_with_an_openai_rater(fake_judge_server, tiny, task):
+    from openai import OpenAI
+
+    url, replies, seen = fake_judge_server
+    model, processor = tiny
+    client = OpenAI(base_url=url, api_key="test", max_retries=0, timeout=10)
+    rater = search.openai_reward_scorer(client, "rm")
+    # summary, 2 captions, 2 reasonings (from the kept caption), 1 conclusion
+    replies += [("text", "Score: 5"), ("text", "Score: 2"), ("text", "Score: 8"),
+                ("text", "I like it"), ("status", 500), ("text", "Score: 6")]
+    tree = search.swires(model, processor, task.get_image(), task.prompt_question(),
+                         m=2, n=1, k=2, top=1, retraces=0, cutoff=5.0, scorer=rater,
+                         force_tokens_per_stage=2)
+    assert len(seen) == 6 and rater.failures == 2
+    cap, rea = tree.steps[1], tree.steps[2]
+    assert [c.score for c in cap.candidates] == [2.0, 8.0] and cap.kept == [1]
+    assert all(math.isnan(c.score) for c in rea.candidates)
+    assert "rater call failed" in rater.log[4][2]
+    first = seen[0]["messages"][0]["content"]
+    assert "Score: N" in first[0]["text"] and "summaries" in first[0]["text"]
+    assert first[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert tree.scorer == "openai rater (rm)"
+
+
+def test_knockout_odd_counts_and_ties():
+    scores = [1.0, 3.0, 3.0, 0.5, 2.0]
+    cands = [_cand(i, logprobs=[s]) for i, s in enumerate(scores)]
+    winner, matches = search.knockout(CTX, cands, search.loglik_scorer())
+    # round 1: 0-1, 2-3, 4 has a bye; round 2: 1-2, 4 has a bye; round 3: 1-4
+    assert [(m.round, m.a, m.b, m.winner) for m in matches] == [
+        (1, 0, 1, 1), (1, 2, 3, 2), (2, 1, 2, 1), (3, 1, 4, 1)]
+    assert winner == 1  # the tie 3.0 vs 3.0 goes to the earlier candidate
