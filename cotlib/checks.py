@@ -481,13 +481,17 @@ def tiny_lora_model(family: str = "idefics3", r: int = 4, alpha: int = 8, seed: 
     """A tiny model with a LoRA adapter (``cotlib.train.lora_config``) whose B matrices (and
     the adapted layers' biases) are random instead of zero, so every term of the output
     matters; in eval mode (no dropout)."""
+    import warnings
+
     import torch
     from peft import get_peft_model
 
     from cotlib import models, train
 
     model, _ = models.load(models.tiny(family), dtype="float32")
-    peft_model = get_peft_model(model, train.lora_config(r=r, alpha=alpha))
+    with warnings.catch_warnings():  # PEFT calls a transformers method deprecated in 5.x
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(model, train.lora_config(r=r, alpha=alpha))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -693,3 +697,195 @@ def check_knockout(fn: Callable) -> bool:
                          _short(case.args))
     print(f"✅ {title}: all {len(cases)} cases pass — the same matches as search.knockout")
     return True
+
+
+def check_lora_merge(fn: Callable, peft_model=None) -> bool:
+    """Check a learner's ``lora_merge(W, A, B, alpha, r) -> W'`` (the adapter folded into the
+    frozen weight) against PEFT's ``W + get_delta_weight()`` on the tiny models' LoRA layers."""
+    import torch
+
+    from cotlib import models
+
+    title = "lora_merge"
+    peft_models = [peft_model] if peft_model is not None else [
+        tiny_lora_model(family) for family in models.FAMILIES]
+    picks = []
+    for pm in peft_models:
+        layers = _lora_layers(pm)
+        picks += [layers[0], layers[-1]]
+    for name, layer in picks:
+        base = layer.base_layer
+        A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        r = A.shape[0]
+        alpha = layer.scaling["default"] * r
+        case = f"{name.split('model.', 1)[-1]} (W {tuple(base.weight.shape)}, r {r})"
+        with torch.no_grad():
+            expected = base.weight + layer.get_delta_weight("default")
+            ok, got = _call(title, case, fn, base.weight, A, B, alpha, r)
+        if not ok:
+            return False
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            return _miss(title, case, f"{shape}", f"shape {tuple(expected.shape)} (out × in)",
+                         "B is (out, r) and A is (r, in): B @ A is (out, in), like W")
+        got = got.detach().float()
+        if torch.allclose(got, expected, atol=1e-5, rtol=1e-4):
+            continue
+        with torch.no_grad():
+            delta = B @ A
+        hint = "W' = W + (alpha / r) · B A"
+        for guess, why in [(delta * alpha / r, "add the frozen weight W: merging keeps it"),
+                           (base.weight + delta, "the detour is scaled by alpha / r"),
+                           (base.weight + alpha * delta, "scale by alpha / r, not alpha"),
+                           (base.weight + (delta * alpha / r).T,
+                            "the update is transposed: B @ A is (out, in), like W")]:
+            if guess.shape == got.shape and torch.allclose(got, guess, atol=1e-5, rtol=1e-4):
+                hint = why
+                break
+        diff = (got - expected).abs().max().item()
+        return _miss(title, case, f"a weight that differs by up to {diff:.3g}",
+                     "PEFT's merged weight", hint)
+    print(f"✅ {title}: the same merged weights as PEFT on {len(picks)} modules — x @ W'.T + b "
+          "now gives the adapted output in one matrix product")
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 03: the answer check, scored against the local teacher's injection log
+# --------------------------------------------------------------------------------------------
+
+_ANSWER_HINTS = {
+    "multiple_choice": "for multiple choice the teacher concludes with the option's letter: "
+                       "answers_match takes the task's choices and answer_letter",
+    "reworded": "a real teacher words its answer freely ('Three.', 'The answer is (B).'): "
+                "compare meanings with cotlib.normalize.answers_match, not strings",
+    "clean": "this trace gives the standard answer: compare with answers_match (the grader "
+             "evaluation uses) and return None when it matches",
+    "wrong": "the CONCLUSION gives another answer than the task's: return 'answer:wrong' when "
+             "answers_match says no",
+    "no_conclusion": "no CONCLUSION (a malformed trace or a refusal): return None — check_format "
+                     "and check_refusal name those traces",
+    "no_answer": "imported data may come with no task (None) or no standard answer (None or ''): "
+                 "return None, there is nothing to compare with",
+    "reason": "name the reason exactly 'answer:wrong' (family:detail), so the report counts it "
+              "with the library's",
+}
+
+
+def _reason(result: Any) -> Any:
+    """A check's result without its detail: ``("answer:wrong", "...")`` -> ``"answer:wrong"``."""
+    return result[0] if isinstance(result, tuple) and result else result
+
+
+_ANSWER_CASES: dict[tuple[int, int], tuple[tuple, ...]] = {}  # built once per process
+
+
+def answer_check_cases(n_tasks: int = 48, seed: int = 11) -> tuple[tuple, ...]:
+    """The checker's traces: ``(name, record, task, injected, kind)`` per case.
+
+    ``n_tasks`` traces come from the local teacher with faults switched on (``injected`` is the
+    fault its log records for the trace: "clean", "malformed", "wrong_answer", "refusal"); a few
+    more are clean traces reworded the way a real teacher writes, a trace cut before its
+    CONCLUSION, and traces of tasks with no standard answer (``injected`` None for those).
+    """
+    if (n_tasks, seed) in _ANSWER_CASES:
+        return _ANSWER_CASES[n_tasks, seed]
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from cotlib import filtering, synth, teacher, teacher_server
+
+    tasks = synth.make_tasks(n_tasks, seed=seed, mc_fraction=0.4)
+    faults = teacher_server.Faults(rate_malformed=0.15, rate_wrong_answer=0.2, rate_refusal=0.1,
+                                   seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "traces.jsonl"
+        with teacher_server.LocalTeacher(faults) as server:
+            config = teacher.TeacherConfig(model=teacher.LOCAL_MODEL, base_url=server.base_url,
+                                           concurrency=1)
+            teacher.run_generation(tasks, out, config, progress=False)
+            injections = server.injections
+        records = filtering.read_traces(out)
+    by_id = {t.id: t for t in tasks}
+    injected = filtering.injected_kinds(records, injections)
+    cases = []
+    for record, kind in zip(records, injected):
+        task = by_id[record["task_id"]]
+        has_conclusion = bool(stages.parse(record["text"]).stages.get("CONCLUSION"))
+        what = ("wrong" if kind == "wrong_answer" else "no_conclusion" if not has_conclusion
+                else "multiple_choice" if task.choices else "clean")
+        cases.append((f"{task.id}, injected: {kind}", record, task, kind, what))
+    clean = [(r, by_id[r["task_id"]]) for r, k in zip(records, injected) if k == "clean"]
+
+    def reword(task) -> str:
+        if task.choices:
+            return f"The answer is ({task.answer_letter}) {task.answer}."
+        if task.answer in ("yes", "no"):
+            return f"{task.answer.capitalize()}, it is."
+        if task.answer.isdigit():
+            return f"There are {task.answer} in total."
+        return f"The answer is {task.answer.capitalize()}."
+
+    for record, task in clean[:6]:
+        text = record["text"].replace(f"<CONCLUSION> {teacher.standard_answer(task)} ",
+                                      f"<CONCLUSION> {reword(task)} ")
+        cases.append((f"{task.id}, reworded: {reword(task)!r}", {**record, "text": text}, task,
+                      None, "reworded"))
+    record, task = clean[0]
+    cut = record["text"].split("<CONCLUSION>")[0]
+    cases.append((f"{task.id}, cut off before the CONCLUSION", {**record, "text": cut}, task,
+                  None, "no_conclusion"))
+    record, task = clean[1]
+    cases.append((f"{task.id}, imported: no standard answer", record,
+                  dataclasses.replace(task, answer=""), None, "no_answer"))
+    cases.append((f"{task.id}, imported: no task", record, None, None, "no_answer"))
+    _ANSWER_CASES[n_tasks, seed] = tuple(cases)
+    return _ANSWER_CASES[n_tasks, seed]
+
+
+def check_answer_check(fn: Callable, n_tasks: int = 48, seed: int = 11) -> bool:
+    """Check a learner's ``answer_check(record, task)`` (``"answer:wrong"`` or None) against
+    ``filtering.check_answer`` on traces from the local teacher with injected faults, explain the
+    first disagreement, and score the learner's check against the teacher's injection log."""
+    from cotlib import filtering, teacher
+
+    title = "answer check"
+    cases = answer_check_cases(n_tasks, seed)
+    results, miss = [], None
+    for name, record, task, kind, what in cases:
+        try:
+            got = fn(record, task)
+        except NotImplementedError:
+            print(f"⏳ {title}: {_NOT_DONE}")
+            return False
+        except Exception as err:  # a learner's bug: show it briefly, never crash the notebook
+            last = traceback.extract_tb(err.__traceback__)[-1]
+            print(f"❌ {title}: case '{name}' raised {type(err).__name__}: {err} "
+                  f"(line {last.lineno}: {last.line!r})")
+            print(f"   hint: {_ANSWER_HINTS[what]}")
+            return False
+        got, expected = _reason(got), _reason(filtering.check_answer(record, task))
+        results.append((kind, got))
+        if got != expected and miss is None:
+            miss = (name, record, task, what, got, expected)
+    if miss is None:
+        print(f"✅ {title}: the same verdict as filtering.check_answer on all {len(cases)} traces")
+    else:
+        name, record, task, what, got, expected = miss
+        conclusion = stages.parse(record["text"]).stages.get("CONCLUSION")
+        standard = teacher.standard_answer(task) if task is not None and task.answer else None
+        if standard and task.choices:
+            standard = f"{standard} ({task.answer})"
+        hint = _ANSWER_HINTS[what]
+        if got is not None and expected is not None:
+            hint = _ANSWER_HINTS["reason"]
+        _miss(title, name, repr(got), repr(expected), hint,
+              f"CONCLUSION {conclusion!r}, standard answer {standard!r}")
+    wrong = [got for kind, got in results if kind == "wrong_answer"]
+    clean = [got for kind, got in results if kind == "clean"]
+    print(f"   against the injection log: flagged {sum(g == 'answer:wrong' for g in wrong)} of "
+          f"{len(wrong)} injected wrong answers (a perfect check: all) and "
+          f"{sum(g is not None for g in clean)} of {len(clean)} clean traces (a perfect check: "
+          "none)")
+    return miss is None

@@ -907,6 +907,9 @@ def draw_tree(tree: SearchTree, ax=None, width: int = 28):
         winner_pos = next((p for p, c in enumerate(step.candidates) if c.index == step.winner),
                           0)
         prev = (x + 0.42, offset + winner_pos)
+    header_lines = max((1 + bool(s.note.startswith("retrace")) + ("retrace to" in s.note)
+                        for s in tree.steps), default=1)
     ax.set_title(f"{tree.method} search — scorer: {tree.scorer} — answer: "
-                 f"{_short(tree.answer.final_answer, 40)!r}", fontsize=9)
+                 f"{_short(tree.answer.final_answer, 40)!r}", fontsize=9,
+                 pad=6 + 11 * (header_lines - 1))
     return ax

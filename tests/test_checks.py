@@ -353,3 +353,138 @@ def test_knockout_checker(capsys):
     assert "bye" in capsys.readouterr().out
     assert not checks.check_knockout(_stub)
     assert "not done yet" in capsys.readouterr().out
+
+
+def test_lora_merge_checker(capsys):
+    assert checks.check_lora_merge(lambda W, A, B, alpha, r: W + (alpha / r) * B @ A)
+    assert "the same merged weights as PEFT on 4 modules" in capsys.readouterr().out
+    assert not checks.check_lora_merge(lambda W, A, B, alpha, r: (alpha / r) * B @ A)
+    assert "add the frozen weight W" in capsys.readouterr().out
+    assert not checks.check_lora_merge(lambda W, A, B, alpha, r: W + B @ A)
+    assert "scaled by alpha / r" in capsys.readouterr().out
+    assert not checks.check_lora_merge(lambda W, A, B, alpha, r: W + alpha / r * A.T @ B.T)
+    assert "B @ A is (out, in)" in capsys.readouterr().out
+    assert not checks.check_lora_merge(_stub)
+    assert "not done yet" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 03: the answer check, scored against the local teacher's injection log
+
+
+def _conclusion(record):
+    return stages.parse(record["text"]).stages.get("CONCLUSION")
+
+
+def _log_counts():
+    kinds = [kind for *_, kind, _ in checks.answer_check_cases()]
+    return kinds.count("wrong_answer"), kinds.count("clean")
+
+
+def _answer_check(record, task):
+    """A learner's correct answer check, written without calling filtering.check_answer."""
+    from cotlib.normalize import answers_match
+
+    conclusion = _conclusion(record)
+    if task is None or not task.answer or not conclusion:
+        return None
+    if answers_match(conclusion, task.answer, task.choices, task.answer_letter):
+        return None
+    return "answer:wrong", f"concluded {conclusion!r}"
+
+
+def test_answer_check_cases_cover_every_kind_of_trace():
+    cases = checks.answer_check_cases()
+    kinds = {kind for *_, kind, _ in cases}
+    assert {"clean", "malformed", "wrong_answer", "refusal"} <= kinds
+    whats = {what for *_, what in cases}
+    assert whats == {"clean", "multiple_choice", "wrong", "no_conclusion", "reworded",
+                     "no_answer"}
+    for _name, record, task, _, what in cases:
+        if what == "reworded":  # the rewording really changed the CONCLUSION
+            assert _conclusion(record) != task.answer_letter and _conclusion(record) != task.answer
+
+
+def test_answer_checker_accepts_correct_checks(capsys):
+    from cotlib import filtering
+
+    assert checks.check_answer_check(filtering.check_answer)
+    assert checks.check_answer_check(_answer_check)
+    out = capsys.readouterr().out
+    wrong, clean = _log_counts()
+    assert wrong >= 5 and clean >= 10
+    assert "same verdict as filtering.check_answer" in out
+    assert f"flagged {wrong} of {wrong} injected wrong answers" in out
+    assert f"and 0 of {clean} clean" in out
+
+
+def test_answer_checker_explains_wrong_checks(capsys):
+    from cotlib import teacher
+    from cotlib.normalize import answers_match
+
+    def string_compare(record, task):
+        conclusion = _conclusion(record)
+        if task is None or not task.answer or not conclusion:
+            return None
+        return None if conclusion.strip().lower() == task.answer.lower() else "answer:wrong"
+
+    def without_choices(record, task):
+        conclusion = _conclusion(record)
+        if task is None or not task.answer or not conclusion:
+            return None
+        return None if answers_match(conclusion, task.answer) else "answer:wrong"
+
+    def teacher_string(record, task):  # passes every teacher trace, fails a reworded one
+        conclusion = _conclusion(record)
+        if task is None or not task.answer or not conclusion:
+            return None
+        return None if conclusion == teacher.standard_answer(task) else "answer:wrong"
+
+    def crashes_without_conclusion(record, task):
+        conclusion = stages.parse(record["text"]).stages["CONCLUSION"]
+        return None if answers_match(conclusion, task.answer, task.choices,
+                                     task.answer_letter) else "answer:wrong"
+
+    def wrong_name(record, task):
+        result = _answer_check(record, task)
+        return "wrong" if result else None
+
+    def never_flags(record, task):
+        return None
+
+    for fn, expected in [
+        (string_compare, "multiple choice the teacher concludes with the option's letter"),
+        (without_choices, "takes the task's choices and answer_letter"),
+        (teacher_string, "compare meanings with cotlib.normalize.answers_match"),
+        (crashes_without_conclusion, "raised KeyError"),
+        (wrong_name, "name the reason exactly 'answer:wrong'"),
+        (never_flags, "return 'answer:wrong' when answers_match says no"),
+    ]:
+        assert not checks.check_answer_check(fn), fn.__name__
+        out = capsys.readouterr().out
+        assert expected in out, (fn.__name__, out)
+        assert "❌" in out and "hint:" in out
+        if "raised" not in out:
+            assert "got:" in out and "expected:" in out and "input:" in out
+            assert "against the injection log" in out
+        assert "answers_match(conclusion" not in out  # never prints a solution
+
+
+def test_answer_checker_scores_against_the_injection_log(capsys):
+    def flags_everything(record, task):
+        return "answer:wrong" if task is not None and task.answer and _conclusion(record) else None
+
+    assert not checks.check_answer_check(flags_everything)
+    out = capsys.readouterr().out
+    wrong, clean = _log_counts()
+    assert f"flagged {wrong} of {wrong} injected wrong answers" in out
+    assert f"and {clean} of {clean} clean" in out
+
+
+def test_answer_checker_stub_is_not_done(capsys):
+    def stub(record, task):
+        raise NotImplementedError("Exercise: write this part")
+
+    assert not checks.check_answer_check(stub)
+    out = capsys.readouterr().out
+    assert "not done yet" in out and "hint" not in out
