@@ -295,10 +295,6 @@ def _has_stage_tag(s: str) -> bool:
     return any(m.group(2).upper() in STAGES for m in _TAG_RE.finditer(s))
 
 
-def _strip_stage_tags(s: str) -> str:
-    return _TAG_RE.sub(lambda m: "" if m.group(2).upper() in STAGES else m.group(0), s)
-
-
 #: What separates one stage from the next in rendered traces (training data and decoding agree).
 SEP = "\n\n"
 
@@ -367,43 +363,66 @@ def render_dict(stages: Mapping[str, str], sep: str = SEP) -> str:
 # the answer
 
 
+# A stage tag cut off at the end of a generation: "</CONCL", "<", "</".
+_PARTIAL_TAG_RE = re.compile(r"<[ \t]*/?[ \t]*([A-Za-z]*)$")
+
+
+def _strip_tag_debris(s: str) -> str:
+    """``s`` without stage tags, unknown tags (``<ANSWER>``) and a cut-off tag at its end."""
+    s = _TAG_RE.sub(lambda m: "" if m.group(2).upper() in STAGES or not (
+        " " in m.group(0) or "\t" in m.group(0)) else m.group(0), s)
+    m = _PARTIAL_TAG_RE.search(s)
+    if m and any(stage.startswith(m.group(1).upper()) for stage in STAGES):
+        s = s[:m.start()]
+    return s.strip()
+
+
+def _after_last_stage(text: str) -> str:
+    """The text after the last closed stage; ``""`` while a stage is still open at the end."""
+    current, end = None, 0
+    for m in _TAG_RE.finditer(text):
+        name = m.group(2).upper()
+        if name not in STAGES:
+            continue
+        if m.group(1) is None:
+            current = name
+        elif name == current:
+            current, end = None, m.end()
+    return "" if current is not None else text[end:]
+
+
 def final_answer(text: str) -> str:
-    """The answer to show the user / grade. Never raises. Tries, in order:
+    """The answer to grade. Never raises, and never guesses from the REASONING:
 
-    1. the CONCLUSION text, if non-empty (also when unclosed, e.g. a cut-off generation);
-    2. if no stage was found at all (a model answering directly): the whole text, minus
-       any stray stage tags;
-    3. the last non-empty line of REASONING;
-    4. the text of the last non-empty stage (in canonical order: CAPTION, then SUMMARY);
-    5. ``""``.
+    1. if a CONCLUSION opened (closed or not, e.g. a cut-off generation): its text, ``""`` when
+       it is empty;
+    2. if the text has no stage tags at all (a model answering directly): the whole text;
+    3. otherwise the text after the last stage (``""`` while a stage is still open), with stray,
+       unknown and cut-off tags removed.
 
-    The result is stripped of surrounding whitespace; punctuation is kept
-    (answer normalisation lives elsewhere).
+    The result is stripped of surrounding whitespace; punctuation is kept (answer normalisation
+    lives in :mod:`cotlib.normalize`). A model that wrote no CONCLUSION gets no answer, not one
+    read from its reasoning: "Maybe 4." in an unfinished REASONING is not an answer.
 
     >>> final_answer(render("s", "c", "r", "B."))
     'B.'
-    >>> final_answer("<SUMMARY>s</SUMMARY><CONCLUSION> 42")
+    >>> final_answer("<SUMMARY>s</SUMMARY><CONCLUSION> 42 </CONCL")
     '42'
     >>> final_answer("  The answer is 7.  "), final_answer("7 </CONCLUSION>")
     ('The answer is 7.', '7')
-    >>> final_answer("<SUMMARY>s</SUMMARY><REASONING>2+2=4\\nSo it is 4.\\n</REASONING>")
-    'So it is 4.'
-    >>> final_answer("<SUMMARY>plan</SUMMARY><CAPTION></CAPTION>"), final_answer(None)
-    ('plan', '')
+    >>> final_answer("<SUMMARY>s</SUMMARY><REASONING>2+2=4\\nMaybe 4.\\n</REASONING>")
+    ''
+    >>> final_answer("<REASONING>2+2=4</REASONING> So 4."), final_answer(render("s", "c", "r", ""))
+    ('So 4.', '')
     """
     try:
         text = _as_text(text)
         found = parse(text).stages
-        if found.get("CONCLUSION"):
-            return found["CONCLUSION"]
+        if "CONCLUSION" in found:
+            return _strip_tag_debris(found["CONCLUSION"])
         if not found:
-            return _strip_stage_tags(text).strip()
-        lines = [ln.strip() for ln in found.get("REASONING", "").splitlines() if ln.strip()]
-        if lines:
-            return lines[-1]
-        for stage in reversed(STAGES):
-            if found.get(stage):
-                return found[stage]
-        return ""
+            debris = _has_stage_tag(text) or _PARTIAL_TAG_RE.search(text.rstrip())
+            return _strip_tag_debris(text) if debris else text.strip()
+        return _strip_tag_debris(_after_last_stage(text))
     except Exception:  # belt and braces: this must never break an evaluation loop
         return ""

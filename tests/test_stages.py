@@ -28,6 +28,7 @@ from cotlib.stages import (
     parse,
     render,
     render_dict,
+    render_stage,
     stage_prefix,
     validate,
 )
@@ -265,7 +266,7 @@ def test_render_dict_errors():
 
 
 # -----------------------------------------------------------------------------
-# final_answer fallbacks, in documented order
+# final_answer: the answer to grade, never a guess from REASONING
 
 
 def test_final_answer_conclusion():
@@ -275,28 +276,55 @@ def test_final_answer_conclusion():
 
 def test_final_answer_unclosed_conclusion():
     assert final_answer("<SUMMARY>s</SUMMARY><CONCLUSION>  7\n") == "7"
+    assert final_answer("<SUMMARY>s</SUMMARY><CONCLUSION> 7 </CONCLUS") == "7"  # cut mid-tag
+    assert final_answer("<SUMMARY>s</SUMMARY><CONCLUSION> 7 <") == "7"
 
 
-def test_final_answer_no_tags():
+def test_final_answer_empty_conclusion_is_no_answer():
+    assert final_answer(render("s", "c", "r1\nMaybe 4.", "")) == ""
+    assert final_answer("<SUMMARY>s</SUMMARY><REASONING>4</REASONING><CONCLUSION>") == ""
+    # an opened CONCLUSION is the answer even when text follows it
+    assert final_answer("<REASONING>r</REASONING><CONCLUSION></CONCLUSION> 4") == ""
+
+
+def test_final_answer_missing_conclusion_never_reads_the_reasoning():
+    text = "<SUMMARY>s</SUMMARY><REASONING>\n3 + 4 = 7\n\nMaybe 4.\n  \n</REASONING>"
+    assert final_answer(text) == ""
+    assert final_answer("<SUMMARY>s</SUMMARY><REASONING>Maybe 4.") == ""  # cut off
+    assert final_answer("<SUMMARY>plan</SUMMARY><CAPTION> a cat </CAPTION>") == ""
+    assert final_answer("<SUMMARY>plan</SUMMARY><CAPTION></CAPTION>") == ""
+
+
+def test_final_answer_after_the_last_stage():
+    stages3 = "<SUMMARY>s</SUMMARY>\n<CAPTION>c</CAPTION>\n<REASONING>Maybe 3.</REASONING>"
+    assert final_answer(stages3 + "\nThe answer is 4.") == "The answer is 4."
+    assert final_answer(stages3 + " 4 </CONCLUSION>") == "4"  # stray closing tag removed
+    assert final_answer(stages3 + " <ANSWER>4</ANSWER>") == "4"  # unknown tags removed
+    assert final_answer(stages3 + " 4 </CONCL") == "4"  # partial tag removed
+    assert final_answer(stages3 + "<SUMMARY> again") == ""  # a stage is open at the end
+    assert final_answer("<SUMMARY>s<CAPTION>c</CAPTION> 4") == "4"
+
+
+def test_final_answer_no_tags_is_the_whole_text():
     assert final_answer("  42 \n") == "42"
     assert final_answer("The answer is 42. </CONCLUSION>") == "The answer is 42."
-
-
-def test_final_answer_last_reasoning_line():
-    text = "<SUMMARY>s</SUMMARY><REASONING>\n3 + 4 = 7\n\nSo x = 7.\n  \n</REASONING>"
-    assert final_answer(text) == "So x = 7."
-    # an empty CONCLUSION falls through to REASONING
-    assert final_answer(render("s", "c", "r1\nr2", "")) == "r2"
-
-
-def test_final_answer_last_nonempty_stage():
-    assert final_answer("<SUMMARY>plan</SUMMARY><CAPTION> a cat </CAPTION>") == "a cat"
-    assert final_answer("<SUMMARY>plan</SUMMARY><CAPTION></CAPTION>") == "plan"
+    assert final_answer("a < b > c") == "a < b > c"
+    assert final_answer("42 </CONCL") == "42"
 
 
 def test_final_answer_nothing():
     assert final_answer("") == ""
     assert final_answer("<SUMMARY></SUMMARY>") == ""
+
+
+def test_grading_uses_final_answer_rule():
+    from cotlib import evaluate, synth
+
+    task = synth.make_task(3, "count_color")
+    hedged = f"<SUMMARY>s</SUMMARY><REASONING>Maybe {task.answer}.</REASONING>"
+    assert not evaluate.is_correct(task, hedged)
+    assert evaluate.is_correct(task, hedged + f"\n{task.answer}")
+    assert not evaluate.is_correct(task, render("s", "c", task.answer, ""))
 
 
 # -----------------------------------------------------------------------------
@@ -324,6 +352,15 @@ def test_render_parse_roundtrip(summary, caption, reasoning, conclusion, sep):
                         "REASONING": reasoning.strip(), "CONCLUSION": conclusion.strip()}
     assert final_answer(text) == conclusion.strip()
     assert render_dict(p.stages, sep=sep) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(stage_text, stage_text, st.booleans(), st.booleans())
+def test_final_answer_never_reads_reasoning(summary, reasoning, closed, with_caption):
+    text = render_stage("SUMMARY", summary) + (render_stage("CAPTION", "c") if with_caption else "")
+    text += "<REASONING>" + reasoning + ("</REASONING>" if closed else "")
+    assert final_answer(text) == ""
+    assert final_answer(text + "<CONCLUSION>") == ""
 
 
 def _check_parsed(p: Parsed) -> None:
