@@ -6,10 +6,11 @@ can be run and tested without a browser:
 - :func:`first_upload` / :func:`read_upload` read an ``ipywidgets.FileUpload`` value (ipywidgets 8:
   a tuple of dicts with ``name``, ``type``, ``size``, ``last_modified`` and ``content``, a
   ``memoryview``); a file that is not an image gives a clear message;
-- :func:`load_model` loads what the model picker names — ``"tiny base"`` (the course's pretrained
-  tiny model in ``data/base``, or a stand-in that memorised one answer), ``"your adapter"`` (the
-  LoRA adapter notebook 05 trained) or ``"hub id"`` (any model on the Hugging Face hub, online
-  only) — and says what it actually loaded;
+- :func:`load_model` loads what the model picker names — ``"stand-in"`` (a random tiny model
+  that memorised one answer: fast mode's default), ``"shipped base"`` (the course's pretrained
+  tiny model in ``data/base``: full mode's default), ``"your adapter"`` (the LoRA adapter
+  notebook 05 trained) or ``"hub id"`` (any model on the Hugging Face hub, online only) — and
+  says what it actually loaded;
 - :func:`answer` decodes stage by stage (:func:`cotlib.infer.generate_stages`) or with LLaVA-CoT's
   stage-level beam search (:func:`cotlib.search.beam_search_stages`) and reports progress through
   two callbacks;
@@ -38,17 +39,26 @@ import io
 import json
 import os
 import shutil
+import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cotlib import checks, env, images, infer, models, search, stages
 
-#: The model picker's choices, in the order shown.
-MODEL_CHOICES = ("tiny base", "your adapter", "hub id")
+#: The model picker's choices, in the order shown: a random stand-in that memorised one answer
+#: (seconds to build, fast mode's default), the course's pretrained base in ``data/base`` (full
+#: mode's default), notebook 05's adapter, or a model from the Hugging Face hub.
+MODEL_CHOICES = ("stand-in", "shipped base", "your adapter", "hub id")
+
+#: Seconds to wait for the hub to answer before a "hub id" load gives up with a clear message
+#: (without this check an unreachable hub costs minutes of retries first).
+HUB_CHECK_TIMEOUT = 3.0
 
 #: The photo the app starts with (one of ``data/photos``) and the question it asks first.
 DEFAULT_PHOTO = "chelsea"
@@ -100,9 +110,56 @@ def first_upload(value: Any) -> tuple[str, bytes] | None:
     return str(entry["name"]), bytes(entry["content"])
 
 
+@dataclass
+class Upload:
+    """An uploaded image as the app uses it: RGB, at most ``max_side`` pixels a side, with the
+    size the file had (upright) so that a shrunk image can say so."""
+
+    image: Any = field(repr=False)
+    name: str
+    original_size: tuple[int, int]
+    max_side: int | None = None
+
+    @property
+    def shrunk(self) -> bool:
+        return tuple(self.image.size) != tuple(self.original_size)
+
+    def describe(self) -> str:
+        """``"photo.jpg: 2048×1365 px (shrunk from 6000×4000: at most 2048 px a side)"``."""
+        w, h = self.image.size
+        line = f"{self.name}: {w}×{h} px"
+        if self.shrunk:
+            ow, oh = self.original_size
+            line += f" (shrunk from {ow}×{oh}: at most {self.max_side} px a side)"
+        return line
+
+
+def load_upload(value: Any, *, max_side: int = 2048) -> Upload:
+    """The first uploaded file as an :class:`Upload` (RGB image, name, original size);
+    :class:`WidgetError` with a clear message when nothing is uploaded or the file is not an
+    image. Images larger than ``max_side`` are shrunk, keeping their aspect ratio.
+
+    >>> from PIL import Image
+    >>> buffer = io.BytesIO(); Image.new("RGB", (3000, 300)).save(buffer, "PNG")
+    >>> load_upload(fake_upload(buffer.getvalue(), name="wide.png"), max_side=1000).describe()
+    'wide.png: 1000×100 px (shrunk from 3000×300: at most 1000 px a side)'
+    """
+    found = first_upload(value)
+    if found is None:
+        raise WidgetError("no file uploaded yet: click 'Upload' and choose a photo (PNG or JPEG)")
+    name, data = found
+    try:
+        full = images.load_image({"name": name, "content": data}, max_side=None)
+        image = images.load_image(full, max_side=max_side) if max(full.size) > max_side else full
+    except images.ImageError as err:
+        raise WidgetError(str(err)) from None
+    return Upload(image, name, tuple(full.size), max_side)
+
+
 def read_upload(value: Any, *, max_side: int = 2048) -> tuple[Any, str]:
-    """The first uploaded file as an RGB ``PIL.Image`` and its name; :class:`WidgetError` with a
-    clear message when nothing is uploaded or the file is not an image.
+    """The first uploaded file as an RGB ``PIL.Image`` and its name (:func:`load_upload` without
+    the size); :class:`WidgetError` with a clear message when nothing is uploaded or the file
+    is not an image.
 
     >>> try:
     ...     read_upload(fake_upload(b"%PDF-1.7", name="paper.pdf"))
@@ -110,15 +167,8 @@ def read_upload(value: Any, *, max_side: int = 2048) -> tuple[Any, str]:
     ...     print(err)  # doctest: +ELLIPSIS
     paper.pdf: not an image: the file starts like a PDF document (export the page as PNG ...
     """
-    found = first_upload(value)
-    if found is None:
-        raise WidgetError("no file uploaded yet: click 'Upload' and choose a photo (PNG or JPEG)")
-    name, data = found
-    try:
-        image = images.load_image({"name": name, "content": data}, max_side=max_side)
-    except images.ImageError as err:
-        raise WidgetError(str(err)) from None
-    return image, name
+    upload = load_upload(value, max_side=max_side)
+    return upload.image, upload.name
 
 
 def fake_upload(source: str | os.PathLike | bytes, *, name: str | None = None,
@@ -238,46 +288,98 @@ def stand_in(photo: str = DEFAULT_PHOTO, question: str = DEFAULT_QUESTION, *,
     return model, processor, folder
 
 
+def default_choice() -> str:
+    """The model the app starts with: the stand-in in fast mode (it answers its photo in a
+    fraction of a second), the shipped base in full mode.
+
+    >>> default_choice() in MODEL_CHOICES
+    True
+    """
+    return "stand-in" if env.is_fast() else "shipped base"
+
+
+def hub_unreachable(endpoint: str | None = None, timeout: float = HUB_CHECK_TIMEOUT) -> str | None:
+    """Why the Hugging Face hub cannot be reached within ``timeout`` seconds, or ``None`` when
+    it answers. ``endpoint``: ``$HF_ENDPOINT`` or ``https://huggingface.co``. Only opens a TCP
+    connection (name lookup included, which has no timeout of its own: it runs in a thread)."""
+    url = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except Exception as err:  # any failure (refused, no route, no name) means "not reachable"
+            outcome.append(f"{type(err).__name__}: {err}")
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        return f"no answer from {host}:{port} within {timeout:g} s"
+    return outcome[0]
+
+
 def load_model(
-    choice: str,
+    choice: str | None = None,
     *,
     run: str | os.PathLike | None = None,
     hub_id: str | None = None,
     base: str | os.PathLike | None = None,
-    use_stand_in: bool | None = None,
     photo: str = DEFAULT_PHOTO,
     question: str = DEFAULT_QUESTION,
 ) -> LoadedModel:
-    """Load what the model picker names; :class:`WidgetError` says what to do when it can't.
+    """Load what the model picker names (``None``: :func:`default_choice`); :class:`WidgetError`
+    says what to do when it can't.
 
-    - ``"tiny base"``: the course's pretrained tiny model in ``base`` (default ``data/base``).
-      In fast mode (``use_stand_in=None`` follows ``COTLIB_FAST``) or while that folder does not
-      exist, a stand-in (:func:`stand_in`) that memorised one answer for ``photo`` and
-      ``question`` — the label says which one you got and why.
+    - ``"stand-in"``: a tiny random model (:func:`stand_in`) that memorised one answer for
+      ``photo`` and ``question``; it cannot see.
+    - ``"shipped base"``: the course's pretrained tiny model in ``base`` (default ``data/base``),
+      checked against its SHA256SUMS.
     - ``"your adapter"``: the LoRA adapter notebook 05 saved in ``run/adapter``.
-    - ``"hub id"``: ``hub_id`` from the Hugging Face hub (only online: ``HF_HUB_OFFLINE`` unset).
+    - ``"hub id"``: ``hub_id`` from the Hugging Face hub: refused at once under
+      ``HF_HUB_OFFLINE=1``, and after a short reachability check (:func:`hub_unreachable`) when
+      the hub cannot be reached.
     """
-    if choice == "tiny base":
-        base = Path(base) if base is not None else env.DATA_DIR / "base"
-        if use_stand_in is None:
-            use_stand_in = env.is_fast()
-        if not use_stand_in and (base / "config.json").exists():
-            # the shipped base is verified against its SHA256SUMS first
-            model, processor = (models.load_base(base) if (base / models.CHECKSUM_FILE).exists()
-                                else models.load(base))
-            return LoadedModel(model, processor, choice,
-                               f"tiny base: the course's pretrained model in {_short_path(base)}",
-                               str(base))
-        why = "fast mode" if use_stand_in else f"{_short_path(base)} not found"
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars under the app
+    try:
+        return _load(choice or default_choice(), run=run, hub_id=hub_id, base=base, photo=photo,
+                     question=question)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def _load(choice: str, *, run, hub_id, base, photo: str, question: str) -> LoadedModel:
+    if choice == "stand-in":
         model, processor, folder = stand_in(photo, question)
         return LoadedModel(model, processor, choice,
-                           f"tiny stand-in ({why}): a random model that memorised one answer "
-                           f"for {photo}", str(folder))
+                           f"stand-in: a random tiny model that memorised one answer for {photo} "
+                           "(it cannot see)", str(folder))
+    if choice == "shipped base":
+        base = Path(base) if base is not None else env.BASE_DIR
+        if not (base / "config.json").exists():
+            raise WidgetError(f"no shipped base in {_short_path(base)}: restore it (git checkout "
+                              "data/base) or pick 'stand-in'")
+        try:  # the shipped base is verified against its SHA256SUMS first
+            model, processor = (models.load_base(base) if (base / models.CHECKSUM_FILE).exists()
+                                else models.load(base))
+        except models.ModelLoadError as err:
+            raise WidgetError(str(err)) from None
+        return LoadedModel(model, processor, choice,
+                           f"shipped base: the course's pretrained tiny model in "
+                           f"{_short_path(base)}", str(base))
     if choice == "your adapter":
         folder = Path(run if run is not None else env.run_dir()) / "adapter"
         if not (folder / "adapter_config.json").exists():
             raise WidgetError(f"no adapter in {_short_path(folder)} yet: train one in notebook 05 "
-                              "first (or pick 'tiny base')")
+                              "first (or pick 'shipped base')")
         from cotlib import train
 
         model, processor = train.load_adapter(folder, merge=True)
@@ -290,10 +392,14 @@ def load_model(
         if env.offline():
             raise WidgetError("the Hugging Face hub is switched off (HF_HUB_OFFLINE=1): unset "
                               "it and restart the kernel to download a model, or pick "
-                              "'tiny base' / 'your adapter'")
+                              "'shipped base' / 'your adapter'")
         hub_id = (hub_id or "").strip()
         if not hub_id:
             raise WidgetError(f"type a hub id first, e.g. {EXAMPLE_HUB_ID}")
+        why = hub_unreachable()
+        if why:
+            raise WidgetError(f"the Hugging Face hub cannot be reached ({why}): check the "
+                              "internet connection, or pick 'shipped base' / 'your adapter'")
         try:
             model, processor = models.load(hub_id)
         except models.ModelLoadError as err:
@@ -517,19 +623,19 @@ class TryApp:
         loaded: Mapping[str, LoadedModel] | None = None,
         photo: str = DEFAULT_PHOTO,
         question: str = DEFAULT_QUESTION,
-        choice: str = "tiny base",
+        choice: str | None = None,
         use_search: bool = False,
         n: int = 2,
         max_new_tokens: int | Mapping[str, int] | None = None,
         base: str | os.PathLike | None = None,
-        use_stand_in: bool | None = None,
     ):
         import ipywidgets as w
 
+        choice = choice or default_choice()
         if choice not in MODEL_CHOICES:
             raise WidgetError(f"unknown model choice {choice!r}: pick one of {MODEL_CHOICES}")
         self.run_folder = Path(run) if run is not None else env.run_dir()
-        self.base, self.use_stand_in = base, use_stand_in
+        self.base = base
         self.start = (photo, question)  # what a stand-in memorises, if one is loaded
         self.max_new_tokens = (FAST_MAX_TOKENS if env.is_fast() else None) \
             if max_new_tokens is None else max_new_tokens
@@ -595,18 +701,22 @@ class TryApp:
             self.photo.value = match.name
 
     def on_upload(self, value: Any) -> bool:
-        """Use the first uploaded file; a non-image keeps the previous image and says why."""
+        """Use the first uploaded file; a non-image keeps the previous image and says why. A
+        large image is shrunk, and the line under the preview says from what size."""
         if not value:
             return False
         try:
-            image, name = read_upload(value)
+            upload = load_upload(value)
         except WidgetError as err:
             keep = f" — still using {self.image_name}" if self.image_name else ""
             self._set_status(f"⚠️ {err}{keep}", error=True)
             return False
-        self._set_image(image, f"{name} (uploaded)")
+        upload.name = f"{upload.name} (uploaded)"
+        self._set_image(upload.image, upload.name, upload.describe())
         self.photo.value = None  # so that picking a shipped photo again switches back
-        self._set_status(f"uploaded {name}: press Answer")
+        shrunk = (f" (shrunk from {upload.original_size[0]}×{upload.original_size[1]})"
+                  if upload.shrunk else "")
+        self._set_status(f"uploaded {upload.name}{shrunk}: press Answer")
         return True
 
     def model(self) -> LoadedModel:
@@ -621,7 +731,7 @@ class TryApp:
             env.free_memory()
             self.loaded[key] = load_model(
                 choice, run=self.run_folder, hub_id=self.hub_id.value, base=self.base,
-                use_stand_in=self.use_stand_in, photo=self.start[0], question=self.start[1])
+                photo=self.start[0], question=self.start[1])
         loaded = self.loaded[key]
         self.model_info.value = _html(f"loaded: {loaded.describe()}", "#555")
         return loaded
@@ -663,10 +773,14 @@ class TryApp:
 
     # ---- helpers -----------------------------------------------------------------------------
 
-    def _set_image(self, image, name: str) -> None:
+    def _set_image(self, image, name: str, info: str | None = None) -> None:
+        """Show a new image and empty the panels: their text was about the previous one."""
         self.image, self.image_name = image, name
         self.preview.value = preview_bytes(image)
-        self.image_info.value = _html(f"{name}: {image.width}×{image.height} px", "#555")
+        self.image_info.value = _html(info or f"{name}: {image.width}×{image.height} px", "#555")
+        self.outcome = None
+        self.panels.reset()
+        self.summary.value = ""
 
     def _set_status(self, text: str, error: bool = False) -> None:
         self.status.value = _html(text, "#b00" if error else "#333")
@@ -680,13 +794,13 @@ class TryApp:
         choice = self.picker.value
         if choice == "hub id" and env.offline():
             return ("the hub is offline (HF_HUB_OFFLINE=1): unset it and restart the kernel to "
-                    "use a hub id, or pick 'tiny base' / 'your adapter'")
+                    "use a hub id, or pick 'shipped base' / 'your adapter'")
         if choice == "hub id" and not self.hub_id.value.strip():
             return f"type a hub id first, e.g. {EXAMPLE_HUB_ID}"
         adapter = self.run_folder / "adapter"
         if choice == "your adapter" and not (adapter / "adapter_config.json").exists():
             return (f"no adapter in {_short_path(adapter)} yet: train one in notebook 05 first "
-                    "(or pick 'tiny base')")
+                    "(or pick 'shipped base')")
         return None
 
     def _show_model_info(self) -> None:

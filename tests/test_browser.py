@@ -1,6 +1,8 @@
 """Notebook 08 in a real browser: JupyterLab on 127.0.0.1, driven by Debian's Chromium through
-Playwright. Run all cells, upload a shipped photo through the Upload button's file chooser, press
-Answer, and check that all four stage panels fill. A screenshot is saved under test-artifacts/.
+Playwright. Run all cells, check the model picker's choices, upload a large photo through the
+Upload button's file chooser (the panels empty, and the line under the preview says it was shrunk
+and from what size), press Answer, and check that all four stage panels fill. A screenshot is
+saved under test-artifacts/.
 
 We open the *student* copy (notebooks/), as `make lab` does: it has no stored outputs, so every
 widget on the page comes from this run (the solution copy's stored widget views would render as
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from cotlib import stages
+from cotlib import stages, widgets
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "08_try_your_own_image.ipynb"
@@ -169,13 +171,19 @@ def lab(tmp_path, tiny_cache):
         server.stop()
 
 
-def test_notebook_08_in_chromium(lab):
+def test_notebook_08_in_chromium(lab, tmp_path):
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
         pytest.fail("playwright is missing: pip install -e '.[dev]' (it drives Debian's Chromium)")
 
     server, chromium = lab
+    from PIL import Image
+
+    big = tmp_path / "upload" / "big_grace_hopper.jpg"  # larger than the app's 2048 px a side
+    big.parent.mkdir()
+    with Image.open(PHOTO) as photo:
+        photo.convert("RGB").resize((3000, 2000)).save(big)
     expect.set_options(timeout=30_000)
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "browser_08_try_your_own_image.png"
@@ -207,16 +215,34 @@ def test_notebook_08_in_chromium(lab):
             app.scroll_into_view_if_needed()
             expect(app.locator(".cotlib-image-info")).to_contain_text("chelsea.jpg")
 
+            # the picker names the stand-in and the shipped base apart; fast mode starts with
+            # the stand-in
+            picker = app.locator("select").nth(1)
+            options = [o.replace("\xa0", " ")  # ipywidgets shows spaces as no-break spaces
+                       for o in picker.locator("option").all_inner_texts()]
+            assert options == list(widgets.MODEL_CHOICES)
+            assert picker.evaluate("s => s.options[s.selectedIndex].text") == "stand-in"
+            expect(app.locator(".cotlib-model-info")).to_contain_text("loaded: stand-in")
+
+            # the notebook's last cell answered about chelsea: its text is in the panels
+            bodies = app.locator(".cotlib-stage-body")
+            assert "waiting" not in bodies.first.inner_text()
+
             # switch search off (the notebook's last section switched it on), upload, answer
             app.get_by_role("checkbox", name="stage-level beam search").uncheck()
             with page.expect_file_chooser() as chooser:
                 app.locator(".cotlib-upload").click()
-            chooser.value.set_files(str(PHOTO))
-            expect(app.locator(".cotlib-image-info")).to_contain_text(
-                f"{PHOTO.name} (uploaded)")
+            chooser.value.set_files(str(big))
+            info = app.locator(".cotlib-image-info")
+            expect(info).to_have_text(f"{big.name} (uploaded): 2048×1365 px "
+                                      "(shrunk from 3000×2000: at most 2048 px a side)")
+            for stage in stages.STAGES:  # the previous image's text is gone
+                expect(app.locator(f".cotlib-stage-{stage} .cotlib-stage-body")).to_have_text(
+                    "waiting…")
+            expect(app.locator(".cotlib-summary")).to_have_text("")
             app.locator("button.cotlib-answer").click()
 
-            expect(app.locator(".cotlib-status")).to_contain_text(f"done: {PHOTO.name}",
+            expect(app.locator(".cotlib-status")).to_contain_text(f"done: {big.name}",
                                                                   timeout=60_000)
             for stage in stages.STAGES:
                 panel = app.locator(f".cotlib-stage-{stage}")

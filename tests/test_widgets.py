@@ -1,11 +1,15 @@
 """The notebook 08 app without a browser: uploads (ipywidgets 8 format, simulated with
-``set_state``), the model picker's three choices and their messages, streaming into the four
-panels, search, errors shown instead of swallowed, and the exercise checker."""
+``set_state``), the model picker's four choices and their messages, streaming into the four
+panels, panels emptied for a new image, a shrunk upload that says so, search, errors shown instead
+of swallowed, and the exercise checker."""
 
 from __future__ import annotations
 
 import doctest
+import io
 import json
+import socket
+import threading
 
 import pytest
 import torch
@@ -18,13 +22,13 @@ PHOTOS = images.SAMPLE_PHOTOS_DIR
 @pytest.fixture(scope="module")
 def stand_in(tiny_cache):
     """The memorised stand-in, loaded once (built once per cache folder)."""
-    return widgets.load_model("tiny base", use_stand_in=True)
+    return widgets.load_model("stand-in")
 
 
 @pytest.fixture
 def app(stand_in, tmp_path):
     """An app with the stand-in preloaded and an empty run folder."""
-    return widgets.TryApp(run=tmp_path, loaded={"tiny base": stand_in})
+    return widgets.TryApp(run=tmp_path, loaded={"stand-in": stand_in}, choice="stand-in")
 
 
 def _body(app, stage):
@@ -70,7 +74,8 @@ def test_module_doctests():
 
 
 def test_stand_in_writes_the_four_tags_for_its_photo(stand_in):
-    assert "stand-in (fast mode)" in stand_in.label and "chelsea" in stand_in.label
+    assert stand_in.label.startswith("stand-in: a random tiny model")
+    assert "chelsea" in stand_in.label
     assert "parameters" in stand_in.describe()
     a = widgets.answer(stand_in, images.load_sample_photo(widgets.DEFAULT_PHOTO),
                        widgets.DEFAULT_QUESTION)
@@ -79,20 +84,33 @@ def test_stand_in_writes_the_four_tags_for_its_photo(stand_in):
 
 
 def test_stand_in_is_cached(stand_in, tiny_cache):
-    again = widgets.load_model("tiny base", use_stand_in=True)
+    again = widgets.load_model("stand-in")
     assert again.source == stand_in.source
     info = json.loads((tiny_cache / "stand-in" / again.source.rsplit("/", 1)[1]
                        / "cotlib_stand_in.json").read_text())
     assert info["loss"] < 0.05 and info["photo"] == widgets.DEFAULT_PHOTO
 
 
-def test_tiny_base_loads_the_pretrained_folder_when_there(tiny_cache, tmp_path):
+def test_shipped_base_and_stand_in_are_two_choices_with_their_own_names(monkeypatch):
+    assert {"stand-in", "shipped base"} <= set(widgets.MODEL_CHOICES)
+    monkeypatch.setenv("COTLIB_FAST", "1")
+    assert widgets.default_choice() == "stand-in"
+    monkeypatch.setenv("COTLIB_FAST", "0")
+    assert widgets.default_choice() == "shipped base"
+
+
+def test_shipped_base_loads_the_pretrained_folder_or_says_what_is_missing(tiny_cache, tmp_path):
     folder = models.tiny("idefics3")  # any model folder stands in for data/base here
-    loaded = widgets.load_model("tiny base", base=folder, use_stand_in=False)
-    assert loaded.label.startswith("tiny base: the course's pretrained model")
+    loaded = widgets.load_model("shipped base", base=folder)
+    assert loaded.label.startswith("shipped base: the course's pretrained tiny model")
     assert loaded.source == str(folder)
-    missing = widgets.load_model("tiny base", base=tmp_path / "base", use_stand_in=False)
-    assert "stand-in" in missing.label and "not found" in missing.label
+    with pytest.raises(widgets.WidgetError, match="no shipped base in .*pick 'stand-in'"):
+        widgets.load_model("shipped base", base=tmp_path / "base")
+
+
+def test_the_real_shipped_base_loads_verified():
+    loaded = widgets.load_model("shipped base")
+    assert loaded.source == str(widgets.env.BASE_DIR) and loaded.parameters > 1_000_000
 
 
 def test_adapter_missing_says_train_one_first(tmp_path):
@@ -115,15 +133,55 @@ def test_adapter_loads_through_cotlib_train(tiny_cache, tmp_path):
     assert set(a.answer.stages) == set(stages.STAGES)
 
 
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_hub_id_only_online(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("HF_HUB_OFFLINE=1 must refuse before any connection")
+
+    monkeypatch.setattr(widgets.socket, "create_connection", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(widgets.WidgetError, match="HF_HUB_OFFLINE=1"):
         widgets.load_model("hub id", hub_id=widgets.EXAMPLE_HUB_ID)
+    monkeypatch.undo()
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(widgets.WidgetError, match="type a hub id first"):
         widgets.load_model("hub id", hub_id="  ")
     with pytest.raises(widgets.WidgetError, match="unknown model choice"):
         widgets.load_model("gpt-9")
+
+
+def test_hub_id_with_an_unreachable_hub_fails_at_once_with_a_clear_message(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    loads = []
+    monkeypatch.setattr(widgets.models, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(widgets.WidgetError, match="hub cannot be reached .*ConnectionRefused"):
+        widgets.load_model("hub id", hub_id=widgets.EXAMPLE_HUB_ID)
+    assert loads == []  # never reached the download (and its minutes of retries)
+
+
+def test_hub_check_answers_for_a_listening_hub_and_gives_up_on_a_silent_one(monkeypatch):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert widgets.hub_unreachable(f"http://127.0.0.1:{server.getsockname()[1]}") is None
+    release = threading.Event()
+
+    def hangs(*args, **kwargs):  # a name lookup that never returns (no DNS server answers)
+        release.wait(30)
+        raise OSError("released")
+
+    monkeypatch.setattr(widgets.socket, "create_connection", hangs)
+    try:
+        why = widgets.hub_unreachable("https://hub.invalid", timeout=0.2)
+    finally:
+        release.set()
+    assert why == "no answer from hub.invalid:443 within 0.2 s"
 
 
 def test_cpu_threads_restores_the_setting(stand_in):
@@ -174,8 +232,36 @@ def test_app_starts_with_a_shipped_photo_and_answers_without_an_upload(app):
         assert "stop: tag" in app.panels.footers[s].value
     assert "well formed" in app.summary.value and "tokens/s" in app.summary.value
     assert "done: chelsea.jpg" in app.status.value
-    assert "loaded: tiny stand-in" in app.model_info.value
+    assert "loaded: stand-in: a random tiny model" in app.model_info.value
     assert not app.button.disabled and app.button.description == "Answer"
+
+
+def test_a_new_image_empties_the_panels_of_the_previous_answer(app):
+    app.button.click()
+    assert app.texts()["CAPTION"] and "tokens" in app.panels.footers["CAPTION"].value
+    app.upload.set_state({"value": widgets.fake_upload(PHOTOS / "rocket.jpg")})
+    assert app.texts() == {s: "" for s in stages.STAGES} and app.outcome is None
+    for s in stages.STAGES:
+        assert "waiting" in _body(app, s) and app.panels.footers[s].value == ""
+    assert app.summary.value == ""
+    app.button.click()
+    app.photo.value = "coffee.jpg"  # a shipped photo too
+    assert all("waiting" in _body(app, s) for s in stages.STAGES)
+
+
+def test_a_large_upload_says_it_was_shrunk_and_from_what(app):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (3000, 2000), "navy").save(buffer, "JPEG")
+    app.upload.set_state({"value": widgets.fake_upload(buffer.getvalue(), name="big.jpg")})
+    assert app.image.size == (2048, 1365)
+    info = app.image_info.value
+    assert "big.jpg (uploaded): 2048×1365 px (shrunk from 3000×2000: at most 2048 px a side)" \
+        in info
+    assert "shrunk from 3000×2000" in app.status.value
+    app.upload.set_state({"value": widgets.fake_upload(PHOTOS / "coffee.jpg", name="small.jpg")})
+    assert "shrunk" not in app.image_info.value and "shrunk" not in app.status.value
 
 
 def test_app_uses_the_uploaded_photo(app):
@@ -222,16 +308,16 @@ def test_app_messages_for_the_other_choices(app, monkeypatch):
     assert "offline" in app.model_info.value
     app.button.click()
     assert "HF_HUB_OFFLINE=1" in app.status.value
-    assert "tiny base" in app.loaded  # a failed choice does not drop the loaded model
-    app.picker.value = "tiny base"
+    assert "stand-in" in app.loaded  # a failed choice does not drop the loaded model
+    app.picker.value = "stand-in"
     app.question.value = "  "
     app.button.click()
     assert "type a question first" in app.status.value
 
 
 def test_unexpected_errors_are_shown_not_swallowed(tmp_path):
-    broken = widgets.LoadedModel(torch.nn.Linear(2, 2), None, "tiny base", "broken", "nowhere")
-    app = widgets.TryApp(run=tmp_path, loaded={"tiny base": broken})
+    broken = widgets.LoadedModel(torch.nn.Linear(2, 2), None, "stand-in", "broken", "nowhere")
+    app = widgets.TryApp(run=tmp_path, loaded={"stand-in": broken}, choice="stand-in")
     app.button.click()
     assert app.outcome is None and "⚠️" in app.status.value
     assert app.error and "Traceback" in app.error
