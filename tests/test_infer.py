@@ -314,3 +314,21 @@ def test_generate_text_and_errors(tiny, tasks):
     assert stages.parse(answer.text).stages == dict(zip(stages.STAGES, "abcd"))
     with pytest.raises(ValueError, match="reuse_cache"):
         infer.start(model, processor, [image], [question], reuse_cache=False).repeat(2)
+
+
+def test_feed_is_the_step_decode_stage_takes(tiny, tasks):
+    """Feeding the pending tokens, then each argmax, writes what decode_stage writes."""
+    _, model, processor = tiny
+    state = infer.start(model, processor, [tasks[0].get_image()], [tasks[0].prompt_question()])
+    mine = state.repeat(1)
+    infer.feed(mine, [mine.rows[0].pending])
+    ids = []
+    for _ in range(4):
+        ids.append(int(mine.logits[0].argmax()))
+        infer.feed(mine, [[ids[-1]]])
+    assert infer.decode_stage(state, force_tokens=4)[0].token_ids == ids
+    with pytest.raises(ValueError, match="one token list per row"):
+        infer.feed(mine, [[1], [2]])
+    naive = infer.start(model, processor, [tasks[0].get_image()], ["Hi?"], reuse_cache=False)
+    with pytest.raises(ValueError, match="needs a state with a cache"):
+        infer.feed(naive, [[1]])
