@@ -80,11 +80,15 @@ def offline_check() -> str:
     >>> "shipped tasks" in offline_check()
     True
     """
+    import os
     import shutil
 
     from cotlib import models
 
-    lines = []
+    where = ("$COTLIB_DATA" if os.environ.get("COTLIB_DATA") else
+             "the repository's data/" if env.DATA_DIR == env.REPO_ROOT / "data" else
+             "installed package data")
+    lines = [f"data folder  : {env.DATA_DIR} ({where})"]
     counts = {}
     for split in ("train", "val", "test"):
         path = env.DATA_DIR / "tasks" / split / "tasks.jsonl"

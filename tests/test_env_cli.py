@@ -55,6 +55,7 @@ def test_doctor_command(capsys):
     out = capsys.readouterr().out
     assert "device" in out and "shipped tasks: ok (train 240, val 60, test 120)" in out
     assert "shipped base :" in out and "chromium     :" in out
+    assert f"data folder  : {env.DATA_DIR} (the repository's data/)" in out
 
 
 def test_doctor_names_a_damaged_shipped_base(tmp_path, monkeypatch):

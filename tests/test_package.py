@@ -128,6 +128,20 @@ def _checkout(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def test_colab_cell_is_valid_ipython_and_does_nothing_outside_colab():
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    code = TransformerManager().transform_cell(env.COLAB_CELL)
+    assert "get_ipython().system(" in code  # the ! lines became shell calls
+    namespace: dict = {"get_ipython": lambda: pytest.fail("ran a shell command outside Colab")}
+    exec(compile(code, "colab-cell", "exec"), namespace)
+
+
+def test_colab_install_command_line(capsys):
+    assert env.main(["something-else"]) == 2
+    assert "usage: python -m cotlib.env colab-install" in capsys.readouterr().err
+
+
 def test_colab_install_checks_out_the_tag_and_installs_the_tested_versions(tmp_path):
     run, said = FakeRunner(), []
     assert env.colab_install(_checkout(tmp_path), run=run, say=said.append) == env.COURSE_TAG
@@ -207,6 +221,7 @@ def test_wheel_installed_without_e_finds_its_data(tmp_path, tiny_cache):
                "print(len(images.sample_photos()))", cwd=empty).split()
     assert Path(where[0]) == site / "cotlib" / "_data" and int(where[1]) >= 5
     doctor = sh(venv / "bin" / "cotlib", "doctor", cwd=empty)
+    assert f"data folder  : {site / 'cotlib' / '_data'} (installed package data)" in doctor
     assert "shipped tasks: ok (train " in doctor
     assert "shipped base : ok (checksum verified)" in doctor
     demo = sh(venv / "bin" / "cotlib", "demo", "--fast", "--tasks", "2", "--beam-tasks", "1",
