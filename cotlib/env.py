@@ -319,6 +319,8 @@ def colab_install(
     if code != 0:
         raise InstallError(f"pip install failed (exit {code}): read pip's message above; "
                            "Runtime > Restart session, then run this cell again")
+    say("installed: if Colab asks to restart the session (a package it had loaded changed "
+        "version), restart it and run the notebook again from the top")
     return ref
 
 

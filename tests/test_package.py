@@ -153,6 +153,7 @@ def test_colab_install_checks_out_the_tag_and_installs_the_tested_versions(tmp_p
     assert "transformers==" in used and "trl==" in used and "uv==" in used
     assert "torch==" not in used and "nvidia-" not in used  # Colab's own CUDA build stays
     assert said[0] == f"cotlib {env.COURSE_TAG} from {env.COURSE_REPO}"
+    assert "restart the session" in said[-1]
 
 
 def test_colab_install_falls_back_to_the_default_branch_with_a_message(tmp_path):
