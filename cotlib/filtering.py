@@ -597,10 +597,9 @@ def judge_with_teacher(config: Any, *, concurrency: int | None = None) -> Check:
 
     from cotlib import teacher
 
-    key = teacher.get_api_key(config.api_key_env, prompt=config.prompt_for_key,
-                              base_url=config.base_url)
-    client = openai.OpenAI(base_url=config.base_url, api_key=key.reveal(),
-                           max_retries=config.max_retries, timeout=config.timeout_s)
+    key = teacher.key_for(config)  # OpenAI's key goes to OpenAI only (resolve_api_key)
+    client = teacher.openai_client(config, key=key, max_retries=config.max_retries,
+                                   timeout=config.timeout_s)
 
     def judge(record: Mapping, task: Any) -> tuple[str, str] | None:
         if task is None or getattr(task, "answer", None) in (None, ""):
@@ -616,7 +615,10 @@ def judge_with_teacher(config: Any, *, concurrency: int | None = None) -> Check:
             )
         except openai.OpenAIError as err:
             return "judge:error", teacher.redact(f"{type(err).__name__}: {err}", key)[:300]
-        reply = response.choices[0].message.content if response.choices else ""
+        try:
+            reply = teacher.read_reply(response).text
+        except teacher.BadResponse as err:
+            return "judge:error", teacher.redact(f"bad_response:{err.kind}: {err}", key)[:300]
         verdict = parse_judge_reply(reply)
         if verdict == "valid":
             return None
@@ -631,6 +633,35 @@ def judge_with_teacher(config: Any, *, concurrency: int | None = None) -> Check:
 
 # -----------------------------------------------------------------------------
 # running the filter
+
+
+#: The key :func:`read_traces` gives a line it could not parse as JSON.
+UNREADABLE = "_cotlib_unreadable"
+
+
+def record_problem(record: Any) -> tuple[str, str] | None:
+    """``(reason, explanation)`` for a record no check can read, else None:
+    ``record:not_json`` (a line :func:`read_traces` could not parse), ``record:not_an_object``
+    (``null``, a list, a string...), ``text:not_a_string`` (e.g. a number stored as the trace).
+
+    >>> record_problem(None)[0], record_problem({"text": 5})[0], record_problem({"text": "x"})
+    ('record:not_an_object', 'text:not_a_string', None)
+    """
+    if isinstance(record, Mapping) and UNREADABLE in record:
+        return "record:not_json", str(record[UNREADABLE])
+    if not isinstance(record, Mapping):
+        return "record:not_an_object", (f"a JSON {type(record).__name__} where a record "
+                                        f"object was expected: {_excerpt(repr(record), 60)}")
+    text = record.get("text")
+    if text is not None and not isinstance(text, str):
+        return "text:not_a_string", f"'text' is a {type(text).__name__}: {_excerpt(repr(text), 40)}"
+    return None
+
+
+def _text(record: Any) -> str:
+    """A record's text, or "" when it has none a check can read."""
+    text = record.get("text") if isinstance(record, Mapping) else None
+    return text if isinstance(text, str) else ""
 
 
 def tasks_by_id(tasks: Iterable[Any] | Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -691,6 +722,13 @@ def filter_traces(
     verdicts: list[Verdict] = []
     matched_tasks: list[Any] = []
     for record in records:
+        unreadable = record_problem(record)
+        if unreadable is not None:
+            matched_tasks.append(None)
+            task_id = str(record.get("task_id") or "") if isinstance(record, Mapping) else ""
+            verdicts.append(Verdict(False, [unreadable[0]], {unreadable[0]: unreadable[1]},
+                                    task_id, "unknown"))
+            continue
         task_id = str(record.get("task_id", ""))
         task = index.get(task_id) if index is not None else None
         matched_tasks.append(task)
@@ -790,8 +828,16 @@ def read_traces(path: str | Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"No traces at {path}. Run notebook 02 (or `cotlib generate`) "
                                 "to write them, or pass the right run folder.")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    records: list[Any] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError as err:  # a torn or garbled line: the filter names it
+                records.append({"task_id": f"line {n}", UNREADABLE: f"line {n}: {err}"})
+    return records
 
 
 # -----------------------------------------------------------------------------
@@ -932,14 +978,14 @@ def report(
     rows = []
     examples: dict[str, list[dict]] = defaultdict(list)
     for v, record in zip(verdicts, records):
-        found = stages.parse(record.get("text") or "").stages
+        found = stages.parse(_text(record)).stages
         rows.append({"task_id": v.task_id, "task_type": v.task_type, "kept": v.kept,
                      "reason": v.reason,
                      **{s: (word_count(found[s]) if s in found else float("nan"))
                         for s in stages.STAGES}})
         if not v.kept and len(examples[v.reason]) < n_examples:
             examples[v.reason].append({"task_id": v.task_id, "detail": v.details.get(v.reason, ""),
-                                       "text": record.get("text") or ""})
+                                       "text": _text(record)})
     lengths = pd.DataFrame(rows, columns=["task_id", "task_type", "kept", "reason",
                                           *stages.STAGES])
     ordered = {r: examples[r] for r in reason_names if r in examples}
@@ -971,7 +1017,8 @@ def injected_kinds(records: Sequence[Mapping], injections: Iterable[Mapping]) ->
     """
     content = {e.get("request_key"): e["fault"] for e in injections
                if e.get("fault") in EXPECTED_FAMILY and e.get("fault") != "clean"}
-    return [content.get(r.get("request_key"), "clean") for r in records]
+    return [content.get(r.get("request_key") if isinstance(r, Mapping) else None, "clean")
+            for r in records]
 
 
 def confusion_table(verdicts: Sequence[Verdict], injected: Sequence[str]):

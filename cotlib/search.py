@@ -447,7 +447,13 @@ class OpenAIJudge(_JudgeBase):
 
 def openai_judge_scorer(client, model_name: str, **kwargs) -> OpenAIJudge:
     """A judge served through the ``openai`` client (OpenAI, vLLM, the course's local teacher…).
+    ``client`` is an ``openai.OpenAI`` client, or a ``base_url`` string / ``TeacherConfig``:
+    then :func:`cotlib.teacher.openai_client` builds it, so OpenAI's key goes to OpenAI only.
     Keyword arguments: ``prompts``, ``include_image``, ``max_tokens``, ``fallback``."""
+    from cotlib import teacher
+
+    if isinstance(client, (str, teacher.TeacherConfig)):
+        client = teacher.openai_client(client, max_retries=1)
     return OpenAIJudge(client, model_name, **kwargs)
 
 

@@ -10,7 +10,8 @@ This module holds, in one place:
 - the prompt (``TEACHER_INSTRUCTION``, :func:`build_messages`, :func:`request_text`) and its
   inverse (:func:`parse_request_text`), shared with the local teacher and the tests;
 - prices and cost estimates (``PRICES``, :func:`estimate_cost`, :func:`estimate_run_cost`);
-- key handling that never shows the key (:func:`get_api_key`, :class:`Secret`, :func:`redact`);
+- key handling that never shows the key and sends OpenAI's key to OpenAI only
+  (:func:`resolve_api_key`, :func:`openai_client`, :class:`Secret`, :func:`redact`);
 - :func:`generate_traces` (async) and :func:`run_generation` (sync, works inside Jupyter):
   bounded concurrency, retries with backoff, a budget cap, crash-safe resumable JSONL output;
 - the OpenAI Batch API path (:func:`write_batch_file`, :func:`read_batch_output`).
@@ -38,8 +39,9 @@ The same code drives three scales; only :class:`TeacherConfig` changes.
 
    then ``TeacherConfig(model="Qwen/Qwen2.5-VL-7B-Instruct", base_url="http://HOST:8000/v1",
    concurrency=64)``. vLLM batches concurrent requests on the GPU, so raise ``concurrency``
-   (32-256) until throughput stops growing. No key is needed (a dummy one is sent) unless you
-   started vLLM with ``--api-key``; then export it and set ``api_key_env``. Add a price to
+   (32-256) until throughput stops growing. No key is needed (a dummy one is sent: never your
+   ``OPENAI_API_KEY``) unless you started vLLM with ``--api-key``; then export that key as
+   ``COTLIB_TEACHER_API_KEY`` (or name your own variable in ``api_key_env``). Add a price to
    ``prices`` if you want a budget cap to mean GPU-hours.
 3. **OpenAI** (``base_url=None``, key in ``OPENAI_API_KEY``): live requests with
    :func:`run_generation`, or, for thousands of tasks, the **Batch API** at half the price with a
@@ -71,6 +73,7 @@ import getpass
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -408,27 +411,161 @@ def estimate_cost(
     return (tokens_in * price[0] + tokens_out * price[1]) / 1e6
 
 
+#: How OpenAI bills an image, per model (https://platform.openai.com/docs/guides/images-vision,
+#: "Calculating costs"; checked 2026-12). Tile models: ``detail="low"`` costs ``base`` tokens;
+#: ``"high"`` scales the image to fit 2048x2048, then its shortest side down to 768 px, and costs
+#: ``base + tile * (512-px tiles)``. gpt-4o-mini bills ~33x more tokens per image than gpt-4o
+#: (2833/5667 vs 85/170) at 1/16.7 the price: at list prices one course scene costs $0.00128
+#: on gpt-4o-mini and $0.00064 on gpt-4o, so the mini is cheaper only for the text.
+#: Patch models: ``ceil(w/32) * ceil(h/32)`` patches (at most 1536, the image scaled down to fit)
+#: times a multiplier, whatever the detail.
+IMAGE_TOKEN_RULES: dict[str, tuple] = {
+    "gpt-4o": ("tile", 85, 170),
+    "gpt-4o-mini": ("tile", 2833, 5667),
+    "gpt-4.1": ("tile", 85, 170),
+    "gpt-4.1-mini": ("patch", 1.62),
+    "gpt-4.1-nano": ("patch", 2.46),
+}
+#: Text tokens of one course request (instruction, question, answer, message framing): about
+#: 1,050 characters at ~4 per token, rounded up; the image comes on top (:func:`image_tokens`).
+TEXT_TOKENS_PER_TASK = 295
+#: The course's scenes are 192x192 pixels.
+COURSE_IMAGE_SIZE = (192, 192)
+
+
+def _rule_for(model: str) -> tuple | None:
+    if model in IMAGE_TOKEN_RULES:
+        return IMAGE_TOKEN_RULES[model]
+    matches = [name for name in IMAGE_TOKEN_RULES if model.startswith(name)]
+    return IMAGE_TOKEN_RULES[max(matches, key=len)] if matches else None
+
+
+def image_tokens(model: str, width: int = 192, height: int = 192, detail: str = "high") -> int:
+    """Input tokens OpenAI bills for one image on ``model`` (:data:`IMAGE_TOKEN_RULES`).
+    ``detail="auto"`` counts as ``"high"``. A model with no known rule (a vLLM model, the local
+    teacher) is counted like gpt-4o, or as one token per 14x14-pixel patch when that is more
+    (the densest common vision encoders), so it is not underestimated.
+
+    >>> image_tokens("gpt-4o"), image_tokens("gpt-4o", detail="low"), image_tokens("gpt-4o-mini")
+    (255, 85, 8500)
+    >>> image_tokens("gpt-4o", 1024, 1024), image_tokens("gpt-4.1-mini")
+    (765, 58)
+    >>> image_tokens("gpt-4.1-nano")
+    88
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if detail not in ("high", "low", "auto"):
+        raise ValueError(f"detail must be 'high', 'low' or 'auto', got {detail!r}")
+    rule = _rule_for(model)
+    if rule is None:
+        return max(_tile_tokens(85, 170, width, height, detail),
+                   math.ceil(width / 14) * math.ceil(height / 14))
+    if rule[0] == "patch":
+        patches = math.ceil(width / 32) * math.ceil(height / 32)
+        if patches > 1536:  # scaled down to fit 1536 patches
+            scale = math.sqrt(1536 * 32 * 32 / (width * height))
+            w, h = width * scale, height * scale
+            scale *= min(math.floor(w / 32) / (w / 32), math.floor(h / 32) / (h / 32))
+            patches = math.ceil(width * scale / 32) * math.ceil(height * scale / 32)
+        return int(patches * rule[1])
+    return _tile_tokens(rule[1], rule[2], width, height, detail)
+
+
+def _tile_tokens(base: int, tile: int, width: int, height: int, detail: str) -> int:
+    if detail == "low":
+        return base
+    w, h = float(width), float(height)
+    if max(w, h) > 2048:
+        w, h = w * 2048 / max(w, h), h * 2048 / max(w, h)
+    if min(w, h) > 768:
+        w, h = w * 768 / min(w, h), h * 768 / min(w, h)
+    return base + tile * math.ceil(w / 512) * math.ceil(h / 512)
+
+
 def estimate_run_cost(
     n_tasks: int,
     model: str = "gpt-4o",
-    tokens_in_per_task: int = 550,
+    tokens_in_per_task: int | None = None,
     tokens_out_per_task: int = 250,
     *,
     batch: bool = False,
     prices: Mapping[str, tuple[float, float]] | None = None,
+    image_size: tuple[int, int] = COURSE_IMAGE_SIZE,
+    detail: str = "high",
 ) -> float:
-    """What ``n_tasks`` requests would cost on ``model`` (USD). The defaults fit this course:
-    ~270 tokens of instruction and question, 255 for one image of up to 512 px at GPT-4o's
-    "high" detail (85 at "low"), ~250 tokens of trace. Use the ``usage`` your own run records.
+    """What ``n_tasks`` requests would cost on ``model`` (USD). Input per task, unless you pass
+    ``tokens_in_per_task`` (e.g. the ``usage`` your own run recorded): ~295 text tokens plus
+    the image as ``model`` bills it (:func:`image_tokens`: 255 tokens on gpt-4o, 8,500 on
+    gpt-4o-mini for one 192-px scene); ~250 tokens of trace out.
 
     >>> round(estimate_run_cost(1000, "gpt-4o"), 2), round(estimate_run_cost(1000, batch=True), 2)
     (3.88, 1.94)
+    >>> round(estimate_run_cost(1000, "gpt-4o-mini"), 2)  # not 16x cheaper: the image is not
+    1.47
     """
     price = price_for(model, prices)
     if price is None:
         raise ValueError(f"no price for model {model!r}: pass prices={{{model!r}: (in, out)}}")
+    if tokens_in_per_task is None:
+        tokens_in_per_task = TEXT_TOKENS_PER_TASK + image_tokens(model, *image_size, detail)
     per_task = (tokens_in_per_task * price[0] + tokens_out_per_task * price[1]) / 1e6
     return n_tasks * per_task * (BATCH_DISCOUNT if batch else 1.0)
+
+
+def prompt_tokens_bound(messages: list[dict], model: str) -> int:
+    """An upper bound on a request's prompt tokens, for the budget's reservation: one token per
+    UTF-8 byte of text (no tokenizer makes more), 8 per message for framing, and each image as
+    :func:`image_tokens` counts it at ``"high"`` detail (its size read from the header only).
+
+    >>> prompt_tokens_bound([{"role": "user", "content": "abc"}], "gpt-4o")
+    11
+    """
+    total = 0
+    for message in messages:
+        total += 8
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        for part in parts if isinstance(parts, list) else []:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "image_url":
+                image_url = part.get("image_url")
+                url = image_url.get("url", "") if isinstance(image_url, dict) else image_url
+                size = _image_size_of(url) or (2048, 2048)  # unknown: count the largest
+                total += image_tokens(model, *size)
+            elif isinstance(part.get("text"), str):
+                total += len(part["text"].encode("utf-8", "replace"))
+    return total
+
+
+def _image_size_of(url: str) -> tuple[int, int] | None:
+    """(width, height) of a data-URL image from its header (no pixels decoded), else None."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    if not isinstance(url, str) or ";base64," not in url[:100]:
+        return None
+    try:
+        data = base64.b64decode(url.split(",", 1)[1], validate=False)
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:  # an unreadable image: the caller counts the largest size
+        return None
+
+
+def worst_case_cost(
+    messages: list[dict], config: TeacherConfig
+) -> float:
+    """The most one request can cost: :func:`prompt_tokens_bound` in plus ``max_tokens`` out, at
+    the model's price (0.0 for a model with no price)."""
+    price = price_for(config.model, config.prices)
+    if price is None:
+        return 0.0
+    tokens_out = config.max_tokens if config.max_tokens is not None else 0
+    return (prompt_tokens_bound(messages, config.model) * price[0] + tokens_out * price[1]) / 1e6
 
 
 # -----------------------------------------------------------------------------
@@ -443,10 +580,11 @@ class Secret:
     (Secret('********'), '********', 'sk-')
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "source")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, source: str = "") -> None:
         self._value = value
+        self.source = source  # where the key came from (a variable's name, "dummy"...), never it
 
     def reveal(self) -> str:
         return self._value
@@ -462,6 +600,12 @@ class Secret:
 
     def __reduce__(self):  # pickling would write the key to disk
         raise TypeError("a Secret cannot be pickled")
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Secret:  # dataclasses.asdict deep-copies fields
+        return self
 
 
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}")
@@ -485,66 +629,172 @@ def redact(text: str, secret: str | Secret | None = None) -> str:
 
 #: Sent to servers that need no key (the local teacher, a vLLM started without --api-key).
 DUMMY_KEY = "EMPTY"
+#: Where OpenAI's key lives. It is sent to OpenAI's own API host only (see :func:`resolve_api_key`).
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
+#: The course's variable for a key to any other server (a vLLM started with ``--api-key``, a
+#: proxy). Never sent to OpenAI unless named explicitly.
+SERVER_KEY_ENV = "COTLIB_TEACHER_API_KEY"
+#: OpenAI's own API host: the only host that ever gets the key from ``OPENAI_API_KEY`` by default.
+OPENAI_API_HOST = "api.openai.com"
+OPENAI_DEFAULT_URL = f"https://{OPENAI_API_HOST}/v1"
+
+
+def effective_base_url(base_url: str | None) -> str:
+    """The URL a client really talks to: ``base_url``, else ``OPENAI_BASE_URL`` (the openai
+    client reads it too), else OpenAI's API.
+
+    >>> effective_base_url("http://127.0.0.1:8765/v1")
+    'http://127.0.0.1:8765/v1'
+    """
+    return base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_URL
 
 
 def is_openai_url(base_url: str | None) -> bool:
-    """True for OpenAI's own API (``base_url=None`` means OpenAI).
+    """True only for OpenAI's own API host over https (``base_url=None`` means OpenAI, unless
+    ``OPENAI_BASE_URL`` points elsewhere).
 
     >>> is_openai_url(None), is_openai_url("http://127.0.0.1:8000/v1")
     (True, False)
+    >>> is_openai_url("http://api.openai.com/v1"), is_openai_url("https://api.openai.com.evil.io")
+    (False, False)
     """
-    if base_url is None:
-        return True
-    host = (urlparse(base_url).hostname or "").lower()
-    return host == "openai.com" or host.endswith(".openai.com")
+    url = urlparse(effective_base_url(base_url))
+    return url.scheme == "https" and (url.hostname or "").lower() == OPENAI_API_HOST
+
+
+def resolve_api_key(
+    base_url: str | None = None,
+    *,
+    api_key: str | Secret | None = None,
+    api_key_env: str | None = None,
+    prompt: bool = False,
+) -> Secret:
+    """THE rule for which key goes to which server (the teacher, the filter's LLM judge and
+    search's OpenAI judge all use it). In order:
+
+    1. ``api_key`` given explicitly (a string or :class:`Secret`): that key, to any server;
+    2. ``api_key_env`` named explicitly (``--api-key-env NAME``): that variable, to any server
+       (RuntimeError naming it when it is unset, unless ``prompt`` types it in);
+    3. OpenAI's own API host (https://api.openai.com): ``OPENAI_API_KEY``, else typed in with
+       ``getpass`` when ``prompt``, else RuntimeError;
+    4. any other server (local teacher, vLLM, a classmate's server, a proxy):
+       ``COTLIB_TEACHER_API_KEY`` when set, else the dummy key ``"EMPTY"``.
+       ``OPENAI_API_KEY`` is never sent there: a server that is not OpenAI must not see it.
+
+    ``Secret.source`` says where the key came from (never the key itself).
+
+    >>> import os; os.environ["OPENAI_API_KEY"] = "not-a-key"
+    >>> key = resolve_api_key("http://10.0.0.7:8000/v1")
+    >>> key.reveal(), key.source
+    ('EMPTY', 'dummy')
+    >>> resolve_api_key(None).source
+    'OPENAI_API_KEY'
+    >>> del os.environ["OPENAI_API_KEY"]
+    """
+    if api_key is not None:
+        secret = api_key if isinstance(api_key, Secret) else Secret(str(api_key))
+        if not secret:
+            raise RuntimeError("api_key is empty: pass the key, or leave api_key=None")
+        return Secret(secret.reveal(), "api_key")
+    if api_key_env:
+        value = os.environ.get(api_key_env, "").strip()
+        if value:
+            return Secret(value, api_key_env)
+        if prompt:
+            value = getpass.getpass(f"{api_key_env} (input hidden, not saved): ").strip()
+            if value:
+                return Secret(value, "typed in")
+        raise RuntimeError(
+            f"no API key: api_key_env={api_key_env!r} is named but that environment variable "
+            "is not set: export it (or a Colab secret), or pass prompt_for_key=True"
+        )
+    if is_openai_url(base_url):
+        value = os.environ.get(OPENAI_KEY_ENV, "").strip()
+        if value:
+            return Secret(value, OPENAI_KEY_ENV)
+        if prompt:
+            value = getpass.getpass(f"{OPENAI_KEY_ENV} (input hidden, not saved): ").strip()
+            if value:
+                return Secret(value, "typed in")
+        raise RuntimeError(
+            f"no API key: set the environment variable {OPENAI_KEY_ENV} (e.g. in a Colab "
+            "secret), pass prompt_for_key=True to type it in, or use the local teacher "
+            "(base_url=...)"
+        )
+    value = os.environ.get(SERVER_KEY_ENV, "").strip()
+    if value:
+        return Secret(value, SERVER_KEY_ENV)
+    return Secret(DUMMY_KEY, "dummy")
 
 
 def get_api_key(
-    env_var: str = "OPENAI_API_KEY", *, prompt: bool = False, base_url: str | None = None
+    env_var: str | None = None, *, prompt: bool = False, base_url: str | None = None
 ) -> Secret:
-    """The API key as a :class:`Secret`: from ``env_var``; else typed in with ``getpass`` when
-    ``prompt=True`` (nothing is echoed or saved); else, for a non-OpenAI ``base_url`` (local
-    teacher, vLLM), a dummy key. Raises RuntimeError (without any key in it) otherwise.
+    """The API key for ``base_url`` as a :class:`Secret` (:func:`resolve_api_key` with
+    ``api_key_env=env_var``): OpenAI's key for OpenAI only, a dummy key for a server that
+    needs none. Raises RuntimeError (without any key in it) when a needed key is missing.
 
-    >>> get_api_key("COTLIB_NO_SUCH_VAR", base_url="http://127.0.0.1:8765/v1").reveal()
+    >>> get_api_key(base_url="http://127.0.0.1:8765/v1").reveal()
     'EMPTY'
     """
-    value = os.environ.get(env_var, "").strip()
-    if value:
-        return Secret(value)
-    if prompt:
-        value = getpass.getpass(f"{env_var} (input hidden, not saved): ").strip()
-        if value:
-            return Secret(value)
-    if not is_openai_url(base_url):
-        return Secret(DUMMY_KEY)
-    raise RuntimeError(
-        f"no API key: set the environment variable {env_var} (e.g. in a Colab secret), "
-        "pass prompt=True to type it in, or use the local teacher (base_url=...)"
-    )
+    return resolve_api_key(base_url, api_key_env=env_var, prompt=prompt)
+
+
+def key_for(config: TeacherConfig) -> Secret:
+    """The key :func:`resolve_api_key` picks for ``config``."""
+    return resolve_api_key(config.base_url, api_key=config.api_key,
+                           api_key_env=config.api_key_env, prompt=config.prompt_for_key)
+
+
+def openai_client(
+    config: TeacherConfig | str | None = None,
+    *,
+    async_client: bool = False,
+    key: Secret | None = None,
+    **kwargs: Any,
+) -> Any:
+    """An ``openai.OpenAI`` (or ``AsyncOpenAI``) client for a :class:`TeacherConfig` or a
+    ``base_url`` string (None = OpenAI), with the key :func:`resolve_api_key` picks, so that
+    OpenAI's key reaches OpenAI only. ``kwargs`` go to the client (``max_retries``,
+    ``timeout``, ``http_client``...).
+
+    >>> c = openai_client("http://127.0.0.1:8765/v1"); c.api_key, str(c.base_url)
+    ('EMPTY', 'http://127.0.0.1:8765/v1/')
+    >>> c.close()
+    """
+    import openai
+
+    if not isinstance(config, TeacherConfig):
+        config = TeacherConfig(base_url=config)
+    key = key if key is not None else key_for(config)
+    cls = openai.AsyncOpenAI if async_client else openai.OpenAI
+    kwargs.setdefault("max_retries", config.max_retries)
+    kwargs.setdefault("timeout", config.timeout_s)
+    return cls(base_url=effective_base_url(config.base_url), api_key=key.reveal(), **kwargs)
 
 
 class TeacherError(RuntimeError):
     """A teacher call failed; the message is redacted and safe to show."""
 
 
-def check_teacher(config: TeacherConfig) -> list[str]:
+def check_teacher(config: TeacherConfig, timeout_s: float | None = None) -> list[str]:
     """Ask the teacher which models it serves (a cheap connection and key check).
 
-    Raises :class:`TeacherError` with a redacted message and no chained exception.
+    Raises :class:`TeacherError` with a redacted message that names the URL, and no chained
+    exception.
     """
     import openai
 
-    key = get_api_key(config.api_key_env, prompt=config.prompt_for_key, base_url=config.base_url)
+    key = key_for(config)
+    url = effective_base_url(config.base_url)
     message = None
     try:
-        with openai.OpenAI(
-            base_url=config.base_url, api_key=key.reveal(), max_retries=0, timeout=config.timeout_s
-        ) as client:
+        with openai_client(config, key=key, max_retries=0,
+                           timeout=timeout_s or config.timeout_s) as client:
             return [m.id for m in client.models.list()]
     except openai.OpenAIError as err:
         message = redact(f"{type(err).__name__}: {err}", key)
-    raise TeacherError(f"teacher at {config.base_url or 'api.openai.com'} failed: {message}")
+    raise TeacherError(f"teacher at {url} failed: {message}")
 
 
 # -----------------------------------------------------------------------------
@@ -561,8 +811,11 @@ class TeacherConfig:
 
     model: str = "gpt-4o"
     base_url: str | None = None  # None = OpenAI; e.g. "http://127.0.0.1:8765/v1" or a vLLM server
-    api_key_env: str = "OPENAI_API_KEY"
+    # Which key goes where: resolve_api_key. None/None = OPENAI_API_KEY for OpenAI only;
+    # COTLIB_TEACHER_API_KEY or a dummy key for any other server.
+    api_key_env: str | None = None  # name an environment variable to send its key anywhere
     prompt_for_key: bool = False  # getpass when the variable is not set
+    api_key: Secret | str | None = field(default=None, repr=False)  # explicit; kept as Secret
     mode: str = "conditioned"  # or "blind"
     concurrency: int = 8  # requests in flight at once
     max_retries: int = 4  # retries after the first attempt (429, 5xx, timeouts, connection)
@@ -571,12 +824,18 @@ class TeacherConfig:
     backoff_max_s: float = 30.0  # also caps a server's Retry-After
     temperature: float | None = None  # None = the server's default
     max_tokens: int | None = 1024
-    budget_usd: float | None = None  # cap on the total cost recorded in the output file
+    budget_usd: float | None = None  # ceiling on the total cost recorded in the output file
     prices: dict[str, tuple[float, float]] | None = None  # overrides/extends PRICES
     fsync_interval_s: float = 1.0  # 0 = fsync after every line (see ResultsWriter)
+    fail_fast_after: int = 5  # stop after this many connection failures/timeouts in a row
+    connect_check_s: float = 10.0  # time limit of the reachability check before a run
 
     def __post_init__(self) -> None:
         _check_mode(self.mode)
+        if self.api_key is not None and not isinstance(self.api_key, Secret):
+            self.api_key = Secret(str(self.api_key), "api_key")
+        if self.fail_fast_after < 1:
+            raise ValueError("fail_fast_after must be at least 1")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if self.max_retries < 0:
@@ -880,14 +1139,37 @@ def _jobs(tasks: Iterable[Any], image_root: str | Path | None) -> list[_Job]:
 # errors: which are worth retrying
 
 
+class BadResponse(ValueError):
+    """A 200 response that is not a usable chat completion. ``kind`` names what was wrong
+    (the failure reason is ``bad_response:<kind>``); ``cost_usd`` is what it is counted as."""
+
+    def __init__(self, kind: str, message: str, cost_usd: float = 0.0) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.cost_usd = cost_usd
+
+
+class TeacherTimeout(TimeoutError):
+    """No answer within ``timeout_s``; the message names the time limit and the URL."""
+
+
+#: Usage above this many tokens in one response is not believed (no model's context is that big).
+MAX_BELIEVABLE_TOKENS = 10_000_000
+
+
 def classify_error(err: BaseException) -> tuple[str, bool]:
-    """(failure reason, retryable?) for an exception raised by a teacher call.
+    """(failure reason, retryable?) for an exception raised by a teacher call. A malformed 200
+    response (:class:`BadResponse`) is retried like a 500.
 
     >>> classify_error(TimeoutError())
     ('timeout', True)
+    >>> classify_error(BadResponse("empty_content", "content is empty"))
+    ('bad_response:empty_content', True)
     """
     import openai
 
+    if isinstance(err, BadResponse):
+        return f"bad_response:{err.kind}", True
     if isinstance(err, (openai.APITimeoutError, TimeoutError, asyncio.TimeoutError)):
         return "timeout", True
     if isinstance(err, openai.APIConnectionError):
@@ -948,6 +1230,108 @@ def backoff_s(
 
 
 # -----------------------------------------------------------------------------
+# reading a response: anything that is not a usable completion is a BadResponse
+
+
+@dataclass
+class Reply:
+    """What a usable chat completion holds."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    model: str | None
+    has_usage: bool = True
+
+
+def _field(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def read_usage(usage: Any, max_tokens: int | None = None) -> tuple[int, int] | None:
+    """(prompt_tokens, completion_tokens) from a response's ``usage``; None when there is none.
+    Raises :class:`BadResponse` (kind ``usage``) for negative, non-integer or absurd counts
+    (more than :data:`MAX_BELIEVABLE_TOKENS`, or more completion tokens than ``max_tokens``).
+
+    >>> read_usage({"prompt_tokens": 10, "completion_tokens": 5})
+    (10, 5)
+    >>> read_usage({"prompt_tokens": -300, "completion_tokens": 5})
+    Traceback (most recent call last):
+    ...
+    cotlib.teacher.BadResponse: usage.prompt_tokens is -300: not a token count
+    """
+    if usage is None:
+        return None
+    counts = []
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = _field(usage, name)
+        if value is None:
+            value = 0
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+                0 <= value <= MAX_BELIEVABLE_TOKENS):
+            raise BadResponse("usage", f"usage.{name} is {str(value)[:40]}: not a token count")
+        counts.append(value)
+    if max_tokens is not None and counts[1] > max_tokens:
+        raise BadResponse("usage", f"usage.completion_tokens is {counts[1]}, more than "
+                          f"max_tokens={max_tokens}")
+    return counts[0], counts[1]
+
+
+def read_reply(response: Any, max_tokens: int | None = None) -> Reply:
+    """The text, usage and finish reason of a chat completion, checked: a body that is not a
+    completion (an HTML page), no choices, no message, empty or non-string content, text that
+    cannot be written as UTF-8 (a lone surrogate) or impossible usage raise :class:`BadResponse`
+    with a kind (``not_a_completion``, ``no_choices``, ``no_message``, ``empty_content``,
+    ``content_not_a_string``, ``invalid_unicode``, ``usage``). A refusal (``message.refusal``)
+    is a reply: the filter names it.
+
+    >>> read_reply({"choices": [{"message": {"content": "<SUMMARY>x</SUMMARY>"}}]}).text
+    '<SUMMARY>x</SUMMARY>'
+    >>> read_reply({"choices": []})
+    Traceback (most recent call last):
+    ...
+    cotlib.teacher.BadResponse: the response has no choices (choices: [])
+    """
+    if isinstance(response, (str, bytes)) or not (
+            isinstance(response, Mapping) or hasattr(response, "choices")):
+        head = response[:60] if isinstance(response, (str, bytes)) else type(response).__name__
+        raise BadResponse("not_a_completion",
+                          f"the server answered 200 with something that is not a chat "
+                          f"completion: {redact(repr(head))}")
+    choices = _field(response, "choices")
+    if not isinstance(choices, (list, tuple)) or not choices:
+        raise BadResponse("no_choices", f"the response has no choices (choices: "
+                          f"{json.dumps(choices) if choices is None or choices == [] else '...'})")
+    choice = choices[0]
+    message = _field(choice, "message")
+    if message is None:
+        raise BadResponse("no_message", "the first choice has no message")
+    content = _field(message, "content")
+    refusal = _field(message, "refusal")
+    text = content if content not in (None, "") else refusal
+    if text is None or text == "":
+        raise BadResponse("empty_content", "the message content is empty")
+    if not isinstance(text, str):
+        raise BadResponse("content_not_a_string",
+                          f"the message content is a {type(text).__name__}, not a string")
+    if not text.strip():
+        raise BadResponse("empty_content", "the message content is only whitespace")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadResponse("invalid_unicode", f"the message content is not valid Unicode "
+                          f"({err.reason} at character {err.start})") from None
+    usage = read_usage(_field(response, "usage"), max_tokens)
+    finish = _field(choice, "finish_reason")
+    model = _field(response, "model")
+    return Reply(text, *(usage or (0, 0)), finish if isinstance(finish, str) else None,
+                 model if isinstance(model, str) else None, usage is not None)
+
+
+# -----------------------------------------------------------------------------
 # generation
 
 
@@ -978,24 +1362,206 @@ async def _with_deadline(make_call: Callable[[], Awaitable[Any]], seconds: float
     return await asyncio.wait_for(make_call(), seconds)
 
 
+class RunState:
+    """What the requests of one run share: the budget (a ceiling: each attempt reserves its
+    worst-case cost before it is sent; the difference is released when the usage comes back)
+    and the fail-fast counter (connection failures and timeouts in a row, nothing succeeding).
+
+    >>> async def demo():
+    ...     s = RunState(budget_usd=1.0, url="http://x/v1", fail_fast_after=3)
+    ...     ok = await s.reserve(0.6); s.settle(0.6, 0.2)   # reserved 0.6, it cost 0.2
+    ...     ok2 = await s.reserve(0.7); s.settle(0.7, 0.7)  # 0.2 + 0.7 fits under 1.0
+    ...     return ok, ok2, await s.reserve(0.2), round(s.spent, 6), s.exhausted
+    >>> asyncio.run(demo())  # 0.9 + 0.2 could cross the cap: not sent
+    (True, True, False, 0.9, True)
+    """
+
+    def __init__(self, budget_usd: float | None = None, spent: float = 0.0, *, url: str = "",
+                 fail_fast_after: int = 5, model: str = "") -> None:
+        self.budget_usd, self.spent, self.url, self.model = budget_usd, spent, url, model
+        self.fail_fast_after = fail_fast_after
+        self.reserved = 0.0
+        self.open_reservations = 0
+        self.exhausted = False  # a request could not be reserved: stop launching
+        self.in_a_row = 0  # connection failures / timeouts since the last answer
+        self.streak: Counter[str] = Counter()
+        self.answered = False
+        self.abort_message: str | None = None
+        self.models: list[str] | None = None  # what the server listed, if it did
+        self.on_abort: Callable[[], None] | None = None
+        self._changed: asyncio.Condition | None = None
+
+    async def reserve(self, amount: float) -> bool:
+        """Reserve ``amount`` USD for one attempt; wait while requests in flight may free some;
+        False (and :attr:`exhausted`) when it cannot fit under the cap."""
+        if self.budget_usd is None:
+            return True
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            while True:
+                if self.exhausted or self.abort_message:
+                    return False
+                if self.spent + self.reserved + amount <= self.budget_usd:
+                    self.reserved += amount
+                    self.open_reservations += 1
+                    return True
+                if self.open_reservations == 0:  # nothing in flight will free anything
+                    self.exhausted = True
+                    self._changed.notify_all()
+                    return False
+                await self._changed.wait()
+
+    def settle(self, reserved: float, actual: float) -> None:
+        """An attempt is over: release its reservation, count what it cost."""
+        self.spent += actual
+        if self.budget_usd is None:
+            return
+        self.reserved = max(0.0, self.reserved - reserved)
+        self.open_reservations -= 1
+        if self.open_reservations == 0:
+            self.reserved = 0.0  # no float drift
+        if self._changed is not None:
+            changed = self._changed
+
+            async def notify() -> None:
+                async with changed:
+                    changed.notify_all()
+
+            asyncio.get_running_loop().create_task(notify())
+
+    def answered_once(self) -> None:
+        self.answered = True
+        self.in_a_row = 0
+        self.streak.clear()
+
+    def failed_to_reach(self, reason: str) -> None:
+        """Count a connection failure or timeout; abort the run after ``fail_fast_after`` in a
+        row with nothing answering in between."""
+        self.in_a_row += 1
+        self.streak[reason] += 1
+        if self.in_a_row >= self.fail_fast_after and self.abort_message is None:
+            what = ", ".join(f"{n} {r}" for r, n in self.streak.most_common())
+            self.abort(unreachable_message(self.url, f"{self.in_a_row} requests in a row failed "
+                                           f"({what}) and none was answered"))
+
+    def abort(self, message: str) -> None:
+        self.abort_message = message
+        if self.on_abort is not None:
+            self.on_abort()
+
+
+def unreachable_message(url: str, what: str) -> str:
+    """The one message a run stops with when the teacher cannot be reached."""
+    return (f"stopped: cannot reach the teacher at {url}: {what}. Check that the server is "
+            f"running and answering (e.g. `curl {url}/models`), that base_url has the right "
+            "host, port and /v1 path, and that no firewall or proxy is in the way; a slow "
+            "server needs a bigger timeout_s (--timeout). Finished tasks are kept: rerun to "
+            "continue.")
+
+
+def describe_failure(err: BaseException, url: str, config: TeacherConfig) -> str:
+    """A failure's detail for the record: timeouts name the time limit and the URL, connection
+    errors the URL and the cause."""
+    import openai
+
+    if isinstance(err, TeacherTimeout):
+        return str(err)
+    if isinstance(err, (openai.APITimeoutError, TimeoutError, asyncio.TimeoutError)):
+        return _timeout_text(url, config.timeout_s)
+    if isinstance(err, openai.APIConnectionError):
+        cause = err.__cause__ or err.__context__
+        why = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
+        return f"cannot connect to {url} ({why})"
+    if isinstance(err, BadResponse):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def _timeout_text(url: str, seconds: float) -> str:
+    return (f"no answer from {url} within the {seconds:g} s timeout (timeout_s / --timeout; "
+            "raise it for a slow server)")
+
+
 async def call_with_retries(
-    client: Any, request: dict, config: TeacherConfig, rng: random.Random
-) -> tuple[Any, int, tuple[str, BaseException] | None]:
+    client: Any,
+    request: dict,
+    config: TeacherConfig,
+    rng: random.Random,
+    state: RunState | None = None,
+    worst_case_usd: float = 0.0,
+) -> tuple[Reply | None, int, tuple[str, BaseException] | None, float]:
     """One chat completion with our own retries (the client's are off, so attempts can be
-    counted): ``(response, attempts, None)`` or ``(None, attempts, (reason, error))``."""
-    attempts = 0
+    counted): ``(reply, attempts, None, cost)`` or ``(None, attempts, (reason, error), cost)``.
+    Each attempt first reserves ``worst_case_usd`` in ``state``'s budget; none is sent when it
+    does not fit (reason ``budget``). A malformed 200 (:class:`BadResponse`) is retried like a
+    500. ``cost`` sums what every attempt cost."""
+    import openai
+
+    state = state or RunState(url=effective_base_url(config.base_url),
+                              fail_fast_after=config.fail_fast_after)
+    url = state.url or effective_base_url(config.base_url)
+    price = price_for(config.model, config.prices)
+    attempts, cost = 0, 0.0
     while True:
+        if state.abort_message is not None:
+            return None, attempts, ("aborted", RuntimeError(state.abort_message)), cost
+        if not await state.reserve(worst_case_usd):
+            why = state.abort_message or (
+                f"the next attempt could cost up to ${worst_case_usd:.6f} (prompt + max_tokens) "
+                f"and ${state.spent:.6f} of budget_usd=${state.budget_usd:g} is spent")
+            return None, attempts, ("budget", RuntimeError(why)), cost
         attempts += 1
+        spent, settled = 0.0, False
         try:
             call = functools.partial(client.chat.completions.create, **request)
-            return await _with_deadline(call, config.timeout_s), attempts, None
+            try:
+                response = await _with_deadline(call, config.timeout_s)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise TeacherTimeout(_timeout_text(url, config.timeout_s)) from None
+            state.answered_once()
+            try:
+                reply = read_reply(response, config.max_tokens)
+            except BadResponse as bad:
+                if bad.kind == "usage":  # not believed: count the most it could have cost
+                    bad.cost_usd = worst_case_usd
+                else:
+                    try:
+                        usage = read_usage(_field(response, "usage"), config.max_tokens)
+                    except BadResponse:
+                        usage = None
+                    bad.cost_usd = _cost(usage, price)
+                spent = bad.cost_usd
+                raise
+            spent = _cost((reply.prompt_tokens, reply.completion_tokens), price)
+            if not reply.has_usage and price is not None:
+                spent = worst_case_usd  # no usage reported: count the ceiling
+            state.settle(worst_case_usd, spent)
+            settled = True
+            return reply, attempts, None, cost + spent
         except Exception as err:
+            state.settle(worst_case_usd, spent)
+            settled = True
+            cost += spent
             reason, retryable = classify_error(err)
-            if not retryable or attempts > config.max_retries:
-                return None, attempts, (reason, err)
+            if reason in ("connection", "timeout"):
+                state.failed_to_reach(reason)
+            elif isinstance(err, openai.APIStatusError):
+                state.answered_once()  # the server is there, whatever it said
+            if state.abort_message is not None or not retryable or attempts > config.max_retries:
+                return None, attempts, (reason, err), cost
             delay = backoff_s(attempts, config, rng, retry_after_s(err))
             log.debug("%s (attempt %d): retrying in %.2f s", reason, attempts, delay)
-            await asyncio.sleep(delay)
+        finally:
+            if not settled:  # cancelled mid-attempt: free the reservation for the others
+                state.settle(worst_case_usd, worst_case_usd)
+        await asyncio.sleep(delay)
+
+
+def _cost(usage: tuple[int, int] | None, price: tuple[float, float] | None) -> float:
+    if usage is None or price is None:
+        return 0.0
+    return (usage[0] * price[0] + usage[1] * price[1]) / 1e6
 
 
 def _request(messages: list[dict], config: TeacherConfig) -> dict:
@@ -1006,6 +1572,38 @@ def _request(messages: list[dict], config: TeacherConfig) -> dict:
     if config.max_tokens is not None:
         request["max_tokens"] = config.max_tokens
     return request
+
+
+async def _preflight(client: Any, state: RunState, config: TeacherConfig) -> None:
+    """Before a run: can the server be reached at all (``GET /models``, ``connect_check_s``)?
+    Raises :class:`TeacherError` when it cannot; remembers the models it lists. Any HTTP answer
+    (even 401 or 404) counts as reachable: the requests themselves say what is wrong."""
+    import openai
+
+    limit = min(config.connect_check_s, config.timeout_s)
+    try:
+        page = await _with_deadline(
+            lambda: client.with_options(timeout=limit, max_retries=0).models.list(), limit)
+        state.models = [m.id for m in getattr(page, "data", None) or [] if hasattr(m, "id")]
+    except (TimeoutError, asyncio.TimeoutError, openai.APITimeoutError):
+        raise TeacherError(unreachable_message(
+            state.url, f"GET {state.url}/models got no answer within {limit:g} s")) from None
+    except openai.APIConnectionError as err:
+        raise TeacherError(unreachable_message(
+            state.url, describe_failure(err, state.url, config))) from None
+    except Exception:  # an HTTP error or an odd body: the server is there
+        state.models = None
+
+
+def _model_missing_message(state: RunState, config: TeacherConfig) -> str:
+    if state.models:
+        served = ", ".join(repr(m) for m in sorted(state.models)[:20])
+        more = f" (and {len(state.models) - 20} more)" if len(state.models) > 20 else ""
+        listing = f"it serves {served}{more}"
+    else:
+        listing = f"it did not list its models (GET {state.url}/models)"
+    return (f"stopped: the teacher at {state.url} has no model {config.model!r}; {listing}. "
+            "Set TeacherConfig(model=...) or --model to one of them.")
 
 
 async def generate_traces(
@@ -1021,13 +1619,24 @@ async def generate_traces(
 
     Resumable: tasks with a ``"done"`` record in ``out_path`` are skipped; ``"failed"`` ones are
     tried again and their new record supersedes the old. At most ``config.concurrency`` requests
-    are in flight. 429s, 5xx, timeouts and connection errors are retried up to
-    ``config.max_retries`` times with exponential backoff and full jitter (a ``Retry-After`` is
-    honoured); other errors fail the task at once with a reason. With ``budget_usd`` set, no new
-    request starts once the cost recorded in the file reaches it: requests in flight finish and
-    are written, the rest are left for a rerun with a bigger budget (so the cap can be overshot
-    by up to ``concurrency`` requests). Setting ``stop`` (a ``threading.Event``) stops the same
-    way. At the end the file is compacted to exactly one line per task.
+    are in flight. 429s, 5xx, timeouts, connection errors and malformed 200 responses
+    (``bad_response:<kind>``, see :func:`read_reply`) are retried up to ``config.max_retries``
+    times with exponential backoff and full jitter (a ``Retry-After`` is honoured); other errors
+    fail the task at once with a reason. Every failed task is written with its reason and tried
+    again by the next run.
+
+    ``budget_usd`` is a ceiling on the cost recorded in the file: each attempt reserves its
+    worst-case cost (:func:`worst_case_cost`: prompt bound + ``max_tokens`` at the model's price)
+    before it is sent, and the difference is released when the usage comes back; a request that
+    could cross the cap is never sent, and the tasks left are ``not_started`` (rerun with a
+    bigger budget). Setting ``stop`` (a ``threading.Event``) stops launching the same way. At
+    the end the file is compacted to exactly one line per task.
+
+    Fail-fast: the server is checked first (``GET /models`` within ``connect_check_s``), and
+    ``fail_fast_after`` connection failures or timeouts in a row with nothing answered stop the
+    run; so does a 404 ``model_not_found`` (the message lists the models the server has). Both
+    raise :class:`TeacherError` with one message naming the URL and what to check, after
+    writing what finished (``err.summary`` holds the run's summary).
 
     Records: ``task_id, status ("done"|"failed"), model, mode, text, stages, problems (kinds),
     final_answer, usage, cost_usd, attempts, failure, seconds, created, request_key,
@@ -1045,32 +1654,45 @@ async def generate_traces(
             f"budget_usd is set but model {config.model!r} has no price: "
             f"pass prices={{{config.model!r}: (usd_per_1M_in, usd_per_1M_out)}}"
         )
-    key = get_api_key(config.api_key_env, prompt=config.prompt_for_key, base_url=config.base_url)
+    if config.budget_usd is not None and config.max_tokens is None:
+        raise ValueError("budget_usd needs max_tokens: without it a request's cost has no "
+                         "ceiling (set TeacherConfig(max_tokens=...))")
+    key = key_for(config)
+    url = effective_base_url(config.base_url)
     summary = RunSummary(out_path=str(out_path), total=len(jobs))
     failures: Counter[str] = Counter()
     rng = random.Random()
 
     with ResultsWriter(out_path, config.fsync_interval_s) as writer:
         existing = load_results(out_path)
-        spent = sum(float(r.get("cost_usd") or 0.0) for r in existing.values())
+        spent_before = sum(float(r.get("cost_usd") or 0.0) for r in existing.values())
         pending = [j for j in jobs if existing.get(j.task_id, {}).get("status") != "done"]
         summary.skipped = len(jobs) - len(pending)
-        client = openai.AsyncOpenAI(
-            base_url=config.base_url, api_key=key.reveal(), max_retries=0, timeout=config.timeout_s,
+        state = RunState(config.budget_usd, spent_before, url=url, model=config.model,
+                         fail_fast_after=config.fail_fast_after)
+        client = openai_client(
+            config, key=key, async_client=True, max_retries=0,
             http_client=openai.DefaultAsyncHttpxClient(limits=connection_limits(config.concurrency)),
         )
         bar = tqdm(total=len(pending), desc="teacher", unit="task", disable=not progress)
+        in_flight: set[asyncio.Task] = set()
+
+        def cancel_others() -> None:
+            me = asyncio.current_task()
+            for task in list(in_flight):
+                if task is not me:
+                    task.cancel()
+
+        state.on_abort = cancel_others
 
         def finish(record: dict, reason: str | None) -> None:
-            nonlocal spent
             writer.write(record)
-            spent += record["cost_usd"]
             summary.attempts += record["attempts"]
+            summary.cost_usd += record["cost_usd"]
             if reason is None:
                 summary.done += 1
                 summary.prompt_tokens += record["usage"]["prompt_tokens"]
                 summary.completion_tokens += record["usage"]["completion_tokens"]
-                summary.cost_usd += record["cost_usd"]
             else:
                 summary.failed += 1
                 failures[reason] += 1
@@ -1090,51 +1712,58 @@ async def generate_traces(
                     failure=f"{reason}: {redact(err, key)}"[:500],
                     seconds=time.perf_counter() - t0), reason)
             rkey = messages_key(messages)
-            response, attempts, error = await call_with_retries(
-                client, _request(messages, config), config, rng)
+            worst = worst_case_cost(messages, config) if config.budget_usd is not None else 0.0
+            reply, attempts, error, cost = await call_with_retries(
+                client, _request(messages, config), config, rng, state, worst)
             seconds = time.perf_counter() - t0
             if error is not None:
                 reason, err = error
-                detail = redact(f"{type(err).__name__}: {err}", key)
+                if reason in ("budget", "aborted") and cost == 0.0 and attempts == 0:
+                    return None  # never sent: left for a rerun (not_started)
+                if reason == "not_found" and (getattr(err, "code", None) == "model_not_found"
+                                              or "model" in str(err).lower()):
+                    state.abort(_model_missing_message(state, config))
+                detail = redact(describe_failure(err, url, config), key)
                 note = f" after {attempts} attempts" if attempts > 1 else ""
                 return finish(make_record(
                     job.task_id, status="failed", attempts=attempts, seconds=seconds,
-                    failure=f"{reason}{note}: {detail}"[:500], request_key=rkey, **common), reason)
-            choice = response.choices[0] if response.choices else None
-            message = choice.message if choice is not None else None
-            text = (message.content or getattr(message, "refusal", None) or "") if message else ""
+                    cost_usd=cost, failure=f"{reason}{note}: {detail}"[:500], request_key=rkey,
+                    **common), reason)
             finish(make_record(
-                job.task_id, text, model=response.model or config.model, mode=config.mode,
-                usage=response.usage, cost_usd=estimate_cost(response.usage, config.model,
-                                                             config.prices),
-                attempts=attempts, seconds=seconds, request_key=rkey,
-                finish_reason=choice.finish_reason if choice is not None else None), None)
+                job.task_id, reply.text, model=reply.model or config.model, mode=config.mode,
+                usage={"prompt_tokens": reply.prompt_tokens,
+                       "completion_tokens": reply.completion_tokens},
+                cost_usd=cost, attempts=attempts, seconds=seconds, request_key=rkey,
+                finish_reason=reply.finish_reason), None)
 
         semaphore = asyncio.Semaphore(config.concurrency)
-        in_flight: set[asyncio.Task] = set()
-        launched = 0
         try:
+            if pending:
+                await _preflight(client, state, config)
             for job in pending:
                 await semaphore.acquire()  # wait for a free slot
-                over_budget = config.budget_usd is not None and spent >= config.budget_usd
-                if over_budget or (stop is not None and stop.is_set()):
-                    summary.stopped_by_budget = over_budget
+                if state.exhausted or state.abort_message or (stop is not None
+                                                              and stop.is_set()):
                     semaphore.release()
                     break
                 task = asyncio.create_task(run_one(job))
-                launched += 1
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
                 task.add_done_callback(lambda _: semaphore.release())
-            if in_flight:
-                await asyncio.gather(*in_flight)
+            while in_flight:  # a task cancelled by an abort is not an error; a bug is
+                for result in await asyncio.gather(*in_flight, return_exceptions=True):
+                    if isinstance(result, Exception):
+                        raise result
+        except TeacherError as err:
+            state.abort_message = str(err)
         finally:  # on an error or cancellation: stop what is in flight, keep what was written
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
             bar.close()
             await client.close()
-        summary.not_started = len(pending) - launched
+        summary.stopped_by_budget = state.exhausted
+        summary.not_started = len(pending) - summary.done - summary.failed
         writer.sync()
         compact_results(out_path)
 
@@ -1142,6 +1771,10 @@ async def generate_traces(
     summary.cost_usd = round(summary.cost_usd, 8)
     summary.seconds = round(time.perf_counter() - started, 3)
     log.info("%s: %s", out_path, summary)
+    if state.abort_message is not None:
+        error = TeacherError(redact(state.abort_message, key))
+        error.summary = summary  # type: ignore[attr-defined]
+        raise error
     return summary
 
 
@@ -1266,13 +1899,20 @@ def read_batch_output(
                 summary.failed += 1
                 failures[reason] += 1
                 continue
-            choice = (body.get("choices") or [{}])[0]
-            message = choice.get("message") or {}
-            text = message.get("content") or message.get("refusal") or ""
-            usage = body.get("usage") or {}
+            try:
+                reply = read_reply(body)
+            except BadResponse as bad:
+                reason = f"bad_response:{bad.kind}"
+                writer.write(make_record(task_id, model=model, mode=mode, status="failed",
+                                         failure=f"{reason}: {redact(bad)}"[:500]))
+                summary.failed += 1
+                failures[reason] += 1
+                continue
+            usage = {"prompt_tokens": reply.prompt_tokens,
+                     "completion_tokens": reply.completion_tokens}
             cost = estimate_cost(usage, model, prices) * BATCH_DISCOUNT
-            record = make_record(task_id, text, model=model, mode=mode, usage=usage,
-                                 cost_usd=cost, finish_reason=choice.get("finish_reason"))
+            record = make_record(task_id, reply.text, model=model, mode=mode, usage=usage,
+                                 cost_usd=cost, finish_reason=reply.finish_reason)
             writer.write(record)
             summary.done += 1
             summary.prompt_tokens += record["usage"]["prompt_tokens"]
@@ -1308,9 +1948,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--max-retries", type=int, default=4)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt")
-    p.add_argument("--budget", type=float, default=None, help="stop launching at this USD total")
+    p.add_argument("--budget", type=float, default=None,
+                   help="USD ceiling on the file's total cost: a request that could cross it "
+                        "(prompt + max tokens at the model's price) is not sent")
+    p.add_argument("--max-tokens", type=int, default=1024, help="completion tokens per request")
     p.add_argument("--limit", type=int, default=None, help="only the first N tasks")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    p.add_argument("--api-key-env", default=None, metavar="NAME",
+                   help="send the key in this environment variable (to any server). Default: "
+                        "OPENAI_API_KEY to api.openai.com only; COTLIB_TEACHER_API_KEY or a "
+                        "dummy key to any other --base-url")
     p.add_argument("--prompt-key", action="store_true", help="type the key in if not set")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -1326,8 +1972,16 @@ def generate_main(argv: list[str] | None = None) -> int:
         model=args.model, base_url=args.base_url, api_key_env=args.api_key_env,
         prompt_for_key=args.prompt_key, mode=args.mode, concurrency=args.concurrency,
         max_retries=args.max_retries, timeout_s=args.timeout, budget_usd=args.budget,
+        max_tokens=args.max_tokens,
     )
-    summary = run_generation(tasks, args.out, config, progress=not args.no_progress)
+    try:
+        summary = run_generation(tasks, args.out, config, progress=not args.no_progress)
+    except (TeacherError, RuntimeError, ValueError) as err:  # one message, no traceback
+        print(f"cotlib generate: {redact(err)}", file=sys.stderr)
+        summary = getattr(err, "summary", None)
+        if summary is not None:
+            print(json.dumps(asdict(summary)))
+        return 1
     print(summary)
     print(json.dumps(asdict(summary)))
     return 0 if summary.done + summary.skipped == summary.total else 1

@@ -49,6 +49,7 @@ import asyncio
 import errno
 import hashlib
 import http.client
+import io
 import json
 import logging
 import random
@@ -73,6 +74,11 @@ log = logging.getLogger(__name__)
 
 MODEL_ID = teacher.LOCAL_MODEL
 MAX_BODY_BYTES = 8 * 1024 * 1024
+#: Images with more pixels than this are never decoded (a course scene has 192 x 192 = 36,864):
+#: decoding one costs 3 bytes a pixel, and the server may hold several at once.
+MAX_DECODE_PIXELS = 1024 * 1024
+#: Models the local teacher answers to; any other name gets OpenAI's 404 ``model_not_found``.
+MODELS = (MODEL_ID,)
 IMAGE_TOKENS = 85
 #: Seconds an idle keep-alive connection stays open. Longer than the openai client's 5 s, so the
 #: client always closes first: a server closing a connection just as the client reuses it would
@@ -202,7 +208,17 @@ def draft_trace(
     image_url: str, question: str, standard: str | None, rng: random.Random
 ) -> Draft:
     """The stage texts for one request (``standard`` is None in blind mode). Raises
-    :class:`cotlib.images.ImageError` for an undecodable data URL."""
+    :class:`cotlib.images.ImageError` for an undecodable data URL.
+
+    The image's size is read from its header first: one larger than :data:`MAX_DECODE_PIXELS`
+    cannot be a course scene (192x192), so its pixels are never decoded (eight concurrent
+    6300x6300 PNGs would otherwise take gigabytes) and the trace says it is not a scene."""
+    size = image_size(image_url)
+    if size is not None and size[0] * size[1] > MAX_DECODE_PIXELS:
+        s = synth.DEFAULT_CONFIG.image_size
+        return _cannot_read(standard, rng, "not_a_scene",
+                            f"The image ({size[0]}x{size[1]} pixels) is not one of the course's "
+                            f"{s}x{s} synthetic scenes, so I cannot describe its contents.")
     image = images.data_url_to_image(image_url)
     try:
         scene = synth.scene_from_image(image)
@@ -241,6 +257,24 @@ def draft_trace(
         solution=shown,
         note=note,
     )
+
+
+def image_size(image_url: str) -> tuple[int, int] | None:
+    """(width, height) of a data-URL image from its header alone (no pixels decoded); None when
+    the header cannot be read (the full decode then says why).
+
+    >>> from PIL import Image
+    >>> image_size(images.image_to_data_url(Image.new("RGB", (300, 20))))
+    (300, 20)
+    """
+    from PIL import Image
+
+    try:
+        data = images._decode_data_url(image_url)
+        with Image.open(io.BytesIO(data)) as probe:  # lazy: reads the header only
+            return probe.size
+    except Exception:  # not base64, not an image, a bomb...: data_url_to_image explains
+        return None
 
 
 def _cannot_read(standard: str | None, rng: random.Random, note: str, caption: str) -> Draft:
@@ -338,6 +372,14 @@ def _check_body(body: Any) -> None:
     if "messages" not in body:
         raise RequestError("you must provide a messages parameter", param="messages",
                            code="missing_required_parameter")
+
+
+def _check_model(body: Mapping[str, Any], models: tuple[str, ...]) -> None:
+    """OpenAI's answer to a model it does not serve: 404 ``model_not_found``."""
+    if body["model"] not in models:
+        raise RequestError(f"The model `{body['model'][:100]}` does not exist or you do not have "
+                           f"access to it. This server has: {', '.join(models)}.",
+                           param="model", code="model_not_found", status=404)
 
 
 def _validate(body: Any) -> tuple[str, str, teacher.RequestText]:
@@ -533,13 +575,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def create_app(faults: Faults | None = None, seed: int = 0, *,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES,
+               models: tuple[str, ...] = MODELS) -> FastAPI:
     """The local teacher as a FastAPI app.
 
     Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``,
     ``GET /v1/cotlib/injections`` (``{"requests": n, "judge_requests": m, "data": [entry, ...]}``,
     each entry ``{request_id, request_key, task_hint, fault, detail, mode}``). Any
-    ``Authorization`` header is accepted and never looked at. State: ``app.state.injections``
+    ``Authorization`` header is accepted and never looked at. A ``model`` not in ``models``
+    gets OpenAI's 404 ``model_not_found`` (naming the models there are); a body nested too deeply
+    to parse gets a 400. State: ``app.state.injections``
     (list of entries), ``app.state.requests`` (count of trace requests, bad ones included),
     ``app.state.judge_requests`` (count of judge requests), ``app.state.faults``.
 
@@ -567,9 +612,10 @@ def create_app(faults: Faults | None = None, seed: int = 0, *,
         return {"status": "ok", "model": MODEL_ID}
 
     @app.get("/v1/models")
-    async def models():
+    async def list_models():
         return {"object": "list", "data": [
-            {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "cotlib"}]}
+            {"id": name, "object": "model", "created": 0, "owned_by": "cotlib"}
+            for name in models]}
 
     @app.get("/v1/cotlib/injections")
     async def injections():
@@ -589,9 +635,14 @@ def create_app(faults: Faults | None = None, seed: int = 0, *,
         try:
             body = json.loads(await _read_body(request, max_body_bytes))
             _check_body(body)
+            _check_model(body, models)
         except RequestError as err:
             app.state.requests += 1
             return _error(err.status, str(err), param=err.param, code=err.code)
+        except RecursionError:  # e.g. 100,000 '[': json.loads runs out of stack
+            app.state.requests += 1
+            return _error(400, "the request body is nested too deeply to be a chat request",
+                          code="invalid_json")
         except ValueError:
             app.state.requests += 1
             return _error(400, "the request body is not valid JSON", code="invalid_json")

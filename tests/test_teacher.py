@@ -11,6 +11,7 @@ import os
 import pickle
 import random
 import re
+import secrets
 import signal
 import socket
 import string
@@ -431,12 +432,15 @@ def test_budget_cap_stops_cleanly_and_rerun_continues(server, tasks, tmp_path):
     out = tmp_path / "t.jsonl"
     prices = {LOCAL: (1000.0, 1000.0)}  # make the free teacher expensive: ~$0.5 per request
     work = tasks[:10]
-    cfg = config(server, concurrency=1, budget_usd=1.2, prices=prices)
+    cfg = config(server, concurrency=1, budget_usd=4.0, prices=prices, max_tokens=300)
+    worst = min(teacher.worst_case_cost(teacher.build_messages(t), cfg) for t in work)
+    assert 1.0 < worst < 2.0  # the reservation: prompt bound + 300 tokens at $0.001 a token
     first = run_generation(work, out, cfg, progress=False)
     assert first.stopped_by_budget and first.not_started == 10 - first.done and first.failed == 0
     costs = [r["cost_usd"] for r in lines(out)]  # one at a time, so in spending order
     assert len(costs) == first.done >= 2  # nothing written for tasks never started
-    assert sum(costs[:-1]) < 1.2 <= sum(costs)  # stopped as soon as the spend reached the cap
+    assert sum(costs) <= 4.0 < sum(costs) + worst  # a ceiling: stopped before it could cross
+    assert first.cost_usd == pytest.approx(sum(costs))
     same = run_generation(work, out, cfg, progress=False)  # the cap covers the whole file
     assert same.stopped_by_budget and same.done == 0 and same.skipped == first.done
     more = run_generation(work, out, config(server, concurrency=4, budget_usd=None,
@@ -461,6 +465,32 @@ def test_prices_and_cost_estimates():
     assert teacher.estimate_run_cost(100, LOCAL) == 0.0
     with pytest.raises(ValueError, match="no price"):
         teacher.estimate_run_cost(1, "mystery")
+
+
+def test_image_tokens_follow_each_models_billing_rule():
+    # OpenAI's published examples: 1024x1024 high = 765, 2048x4096 high = 1105, low = 85
+    assert teacher.image_tokens("gpt-4o", 1024, 1024) == 765
+    assert teacher.image_tokens("gpt-4o", 2048, 4096) == 1105
+    assert teacher.image_tokens("gpt-4o", 4096, 8192, detail="low") == 85
+    assert teacher.image_tokens("gpt-4o-2024-08-06") == 255  # a snapshot bills like its model
+    # gpt-4o-mini: 2833 base + 5667 per tile; about 33x gpt-4o's tokens at 1/16.7 the price
+    assert teacher.image_tokens("gpt-4o-mini") == 2833 + 5667
+    assert teacher.image_tokens("gpt-4o-mini", detail="low") == 2833
+    assert teacher.image_tokens("gpt-4.1") == 255
+    # patch models: 32-px patches (at most 1536) times 1.62 / 2.46, whatever the detail
+    assert teacher.image_tokens("gpt-4.1-mini", 1800, 2400) == 2352
+    assert teacher.image_tokens("gpt-4.1-nano", detail="low") == int(36 * 2.46)
+    assert teacher.image_tokens("gpt-4.1-mini", 8000, 8000) <= int(1536 * 1.62)
+    for model in teacher.PRICES:  # every priced model has a rule (or is the free local one)
+        assert model == LOCAL or teacher._rule_for(model) is not None, model
+    # the course's 192-px scene costs TWICE as much on gpt-4o-mini as on gpt-4o at list prices
+    image_usd = {m: teacher.image_tokens(m) * teacher.PRICES[m][0] / 1e6
+                 for m in ("gpt-4o", "gpt-4o-mini")}
+    assert image_usd["gpt-4o-mini"] == pytest.approx(2 * image_usd["gpt-4o"])
+    mini, full = teacher.estimate_run_cost(1000, "gpt-4o-mini"), teacher.estimate_run_cost(1000)
+    assert mini == pytest.approx((295 + 8500) * 0.15 / 1000 + 250 * 0.6 / 1000)
+    assert 0.3 < mini / full < 0.45  # not the 1/16 the text prices alone suggest
+    assert teacher.estimate_run_cost(1000, "gpt-4o-mini", detail="low") < mini
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,7 +526,8 @@ def test_api_key_never_leaks(server, tasks, tmp_path, monkeypatch, caplog, capsy
     seen: dict = {}
     texts = []
     with LocalTeacher(app=_echo_key_app(seen)) as bad:
-        cfg = config(bad, max_retries=0)
+        # naming the variable explicitly sends its key to this (non-OpenAI) server on purpose
+        cfg = config(bad, max_retries=0, api_key_env="OPENAI_API_KEY")
         texts.append(repr(cfg))
         summary = run_generation(tasks[:3], tmp_path / "rejected.jsonl", cfg, progress=True)
         assert seen["got_key"] is True  # the key really was sent (and echoed back)
@@ -548,8 +579,14 @@ def test_no_key_in_any_stored_notebook():
 
 def test_get_api_key_sources(monkeypatch):
     monkeypatch.delenv("COTLIB_TEST_KEY", raising=False)
-    assert teacher.get_api_key("COTLIB_TEST_KEY", base_url="http://127.0.0.1:1/v1").reveal() \
-        == teacher.DUMMY_KEY
+    monkeypatch.delenv(teacher.SERVER_KEY_ENV, raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    openai_only = "sk-test-" + secrets.token_hex(8)  # made at run time, not a literal
+    monkeypatch.setenv("OPENAI_API_KEY", openai_only)
+    assert teacher.get_api_key(base_url="http://127.0.0.1:1/v1").reveal() == teacher.DUMMY_KEY
+    assert teacher.get_api_key().reveal() == openai_only  # OpenAI itself
+    with pytest.raises(RuntimeError, match="COTLIB_TEST_KEY") as err:  # named, but not set
+        teacher.get_api_key("COTLIB_TEST_KEY", base_url="http://127.0.0.1:1/v1")
     with pytest.raises(RuntimeError, match="COTLIB_TEST_KEY") as err:
         teacher.get_api_key("COTLIB_TEST_KEY")
     assert "sk-" not in str(err.value)

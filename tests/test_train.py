@@ -518,3 +518,46 @@ def test_module_doctests(tiny_cache):
 
     result = doctest.testmod(train, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 15
+
+
+def test_resume_skips_checkpoints_a_kill_left_incomplete(traces, tiny_cache, tmp_path, capsys):
+    """A kill during a save leaves an empty or half-written checkpoint beside a complete one:
+    resume takes the newest complete one, says which it skipped and why, and goes on."""
+    import shutil
+
+    rows = traces.select(range(8))
+    common = dict(model="tiny-idefics3", output_dir=str(tmp_path), batch_size=2, logging_steps=1,
+                  save_steps=2, learning_rate=5e-3, lr_scheduler="constant", verbose=False)
+    train.train(rows, max_steps=2, **common)
+    folder = tmp_path / "checkpoints"
+    good = folder / "checkpoint-2"
+    assert train.checkpoint_problem(good) is None
+    (folder / "checkpoint-3").mkdir()  # killed right after mkdir
+    half = folder / "checkpoint-4"  # killed mid-save: weights written, state not yet
+    shutil.copytree(good, half)
+    (half / "trainer_state.json").unlink()
+    cut = folder / "checkpoint-5"  # killed while writing the optimizer state
+    shutil.copytree(good, cut)
+    data = (cut / "optimizer.pt").read_bytes()
+    (cut / "optimizer.pt").write_bytes(data[: len(data) // 2])
+    torn = folder / "checkpoint-6"  # killed while writing the weights
+    shutil.copytree(good, torn)
+    weights = next(torn.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-16])
+    (folder / "checkpoint-final").mkdir()  # not a step number: ignored
+    assert train.checkpoint_problem(folder / "checkpoint-3") == "empty (a save was interrupted)"
+    assert "trainer_state.json" in train.checkpoint_problem(half)
+    assert "optimizer.pt" in train.checkpoint_problem(cut)
+    assert "cut short" in train.checkpoint_problem(torn)
+    said: list[str] = []
+    assert train._latest_checkpoint(folder, say=said.append) == str(good)
+    assert [line.split(": ")[1] for line in said] == [
+        f"skipping checkpoint-{n}" for n in (6, 5, 4, 3)]
+    capsys.readouterr()
+    again = train.train(rows, max_steps=3, resume=True, **{**common, "verbose": True})
+    out = capsys.readouterr().out
+    assert "skipping checkpoint-4: incomplete: no trainer_state.json" in out
+    assert "skipping checkpoint-3: empty" in out and "resume: from checkpoint-2" in out
+    assert again.card["resumed_from"].endswith("checkpoint-2") and again.card["steps"] == 3
+    assert [s for s, _ in again.losses] == [3]
+    assert train._latest_checkpoint(tmp_path / "nothing-here", say=said.append) is None
