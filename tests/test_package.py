@@ -54,7 +54,7 @@ def _requirements() -> list[Requirement]:
 def _tested_with() -> dict[str, str]:
     """The README's "Tested with" line: ``Python 3.11.7 · torch 2.14.1 · ...``."""
     text = (ROOT / "README.md").read_text()
-    block = text.split("## Tested with", 1)[1].split("\n\n", 1)[0]
+    block = text.split("## Tested with", 1)[1].split("(installer)", 1)[0]
     return {_norm(name): version for name, version in
             re.findall(r"([A-Za-z][\w.-]*) (\d[\w.+]*)", block)}
 
