@@ -54,7 +54,7 @@ import re
 import string
 import unicodedata
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 # -----------------------------------------------------------------------------
 # vocabularies
@@ -172,7 +172,8 @@ def _fmt(value: Decimal) -> str:
     """'3.0' -> '3', '0.250' -> '0.25', '-0' -> '0', 1E+3 -> '1000'."""
     if value == 0:
         return "0"
-    return format(value.normalize(), "f")
+    text = format(value, "f")  # exact: no rounding to the context's precision
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _singular(word: str) -> str:
@@ -208,10 +209,11 @@ def _read_number(words: list[str], i: int) -> tuple[Decimal, int] | None:
         except InvalidOperation:  # pragma: no cover - the regex only passes valid decimals
             return None
         j += 1
-        if j < n and (words[j] == "hundred" or words[j] in _SCALES):
-            value *= 100 if words[j] == "hundred" else _SCALES[words[j]]
+        if j < n and (words[j] == "hundred" or words[j] in _SCALES):  # "2 thousand"
+            value = value.scaleb(len(str(100 if words[j] == "hundred" else _SCALES[words[j]])) - 1,
+                                 Context(prec=len(w) + 12))
             j += 1
-        return sign * value, j
+        return (value.copy_negate() if sign < 0 else value), j
     if sign == 1 and w in ("none", "zero"):
         return Decimal(0), j + 1
     if sign == 1 and w == "no" and j + 1 < n and words[j + 1] not in _JOINS | NEGATIONS \
