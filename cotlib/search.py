@@ -534,7 +534,12 @@ class OpenAIRater(ScoreScorer):
 def openai_reward_scorer(client, model_name: str, **kwargs) -> OpenAIRater:
     """An external reward model served through the ``openai`` client, rating each candidate 0–10
     (for :func:`swires`; cutoffs are then on that scale, e.g. ``cutoff=5``). Keyword arguments:
-    ``include_image``, ``max_tokens``."""
+    ``include_image``, ``max_tokens``. ``client`` may be a ``base_url`` string or a
+    ``TeacherConfig``, as for :func:`openai_judge_scorer` (OpenAI's key goes to OpenAI only)."""
+    from cotlib import teacher
+
+    if isinstance(client, (str, teacher.TeacherConfig)):
+        client = teacher.openai_client(client, max_retries=1)
     return OpenAIRater(client, model_name, **kwargs)
 
 

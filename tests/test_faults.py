@@ -146,7 +146,9 @@ def test_openai_key_reaches_only_openai(work, tmp_path, monkeypatch):
         app.state.auth.clear()  # search's OpenAI judge, given a base_url
         scorer = search.openai_judge_scorer(server.base_url, LOCAL)
         scorer.client.models.list()
-        assert app.state.auth == [f"Bearer {teacher.DUMMY_KEY}"]
+        rater = search.openai_reward_scorer(cfg, LOCAL)
+        rater.client.models.list()
+        assert app.state.auth == [f"Bearer {teacher.DUMMY_KEY}"] * 2
 
         app.state.auth.clear()  # OPENAI_BASE_URL pointing elsewhere is not OpenAI either
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
