@@ -803,7 +803,9 @@ def check_teacher(config: TeacherConfig, timeout_s: float | None = None) -> list
 
 @dataclass
 class TeacherConfig:
-    """How to call the teacher. Holds no key: only the *name* of the variable that holds it.
+    """How to call the teacher. Normally holds no key, only the *name* of a variable; an explicit
+    ``api_key`` is kept as a :class:`Secret` (masked in ``repr``, never pickled). Which key goes
+    to which server: :func:`resolve_api_key`.
 
     >>> TeacherConfig(model="cotlib-local-teacher", base_url="http://127.0.0.1:8765/v1").mode
     'conditioned'
@@ -828,7 +830,7 @@ class TeacherConfig:
     prices: dict[str, tuple[float, float]] | None = None  # overrides/extends PRICES
     fsync_interval_s: float = 1.0  # 0 = fsync after every line (see ResultsWriter)
     fail_fast_after: int = 5  # stop after this many connection failures/timeouts in a row
-    connect_check_s: float = 10.0  # time limit of the reachability check before a run
+    connect_check_s: float = 8.0  # limit of the reachability check (before a run, after a timeout)
 
     def __post_init__(self) -> None:
         _check_mode(self.mode)
@@ -1389,6 +1391,9 @@ class RunState:
         self.abort_message: str | None = None
         self.models: list[str] | None = None  # what the server listed, if it did
         self.on_abort: Callable[[], None] | None = None
+        #: ``GET /models`` within ``connect_check_s``: True when the server answered
+        self.probe: Callable[[], Awaitable[bool]] | None = None
+        self._probing = False
         self._changed: asyncio.Condition | None = None
 
     async def reserve(self, amount: float) -> bool:
@@ -1444,6 +1449,23 @@ class RunState:
             what = ", ".join(f"{n} {r}" for r, n in self.streak.most_common())
             self.abort(unreachable_message(self.url, f"{self.in_a_row} requests in a row failed "
                                            f"({what}) and none was answered"))
+
+    async def after_timeout(self, url: str, timeout_s: float) -> None:
+        """A request timed out: ask the server a cheap question at once. If that goes
+        unanswered too, the server is hung or gone: stop now (within ``connect_check_s`` of the
+        first timeout) instead of waiting out ``fail_fast_after`` full timeouts."""
+        if self.probe is None or self._probing or self.abort_message is not None:
+            return
+        self._probing = True
+        try:
+            if not await self.probe():
+                self.in_a_row += 1
+                self.streak["timeout"] += 1
+                self.abort(unreachable_message(
+                    url, f"a request got no answer within the {timeout_s:g} s timeout and "
+                    f"GET {url}/models got none either"))
+        finally:
+            self._probing = False
 
     def abort(self, message: str) -> None:
         self.abort_message = message
@@ -1546,6 +1568,8 @@ async def call_with_retries(
             reason, retryable = classify_error(err)
             if reason in ("connection", "timeout"):
                 state.failed_to_reach(reason)
+                if reason == "timeout":
+                    await state.after_timeout(url, config.timeout_s)
             elif isinstance(err, openai.APIStatusError):
                 state.answered_once()  # the server is there, whatever it said
             if state.abort_message is not None or not retryable or attempts > config.max_retries:
@@ -1684,6 +1708,19 @@ async def generate_traces(
                     task.cancel()
 
         state.on_abort = cancel_others
+
+        async def probe() -> bool:
+            limit = min(config.connect_check_s, config.timeout_s)
+            try:
+                await _with_deadline(lambda: client.with_options(
+                    timeout=limit, max_retries=0).models.list(), limit)
+            except (TimeoutError, asyncio.TimeoutError, openai.APIConnectionError):
+                return False
+            except Exception:  # any HTTP answer: the server is there
+                return True
+            return True
+
+        state.probe = probe
 
         def finish(record: dict, reason: str | None) -> None:
             writer.write(record)

@@ -37,7 +37,8 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def fault_app(plan: dict[str, str] | None = None, *, hang_chat: bool = False) -> FastAPI:
+def fault_app(plan: dict[str, str] | None = None, *, hang_chat: bool = False,
+              hang_models_after: int | None = None) -> FastAPI:
     """An OpenAI-compatible server that answers like the local teacher, except for the requests
     whose :func:`cotlib.teacher.messages_key` is in ``plan``: those get the planned bad 200.
     Every ``Authorization`` header is recorded in ``app.state.auth``."""
@@ -50,9 +51,14 @@ def fault_app(plan: dict[str, str] | None = None, *, hang_chat: bool = False) ->
     async def health():
         return {"status": "ok"}
 
+    app.state.model_requests = 0
+
     @app.get("/v1/models")
     async def models(request: Request):
         app.state.auth.append(request.headers.get("authorization"))
+        app.state.model_requests += 1
+        if hang_models_after is not None and app.state.model_requests > hang_models_after:
+            await asyncio.sleep(2.5)
         return {"object": "list", "data": [{"id": LOCAL, "object": "model", "created": 0,
                                             "owned_by": "test"}]}
 
@@ -321,6 +327,20 @@ def test_server_that_never_answers_fails_fast_and_timeouts_name_the_url(work, tm
     for r in lines(tmp_path / "hang.jsonl"):
         assert r["status"] == "failed" and r["failure"].startswith("timeout")
         assert server.base_url in r["failure"] and "0.5 s timeout" in r["failure"]
+
+    # the server hangs mid-run (after the first check): one timeout and an unanswered probe
+    # stop the run, even one request at a time, without waiting out fail_fast_after timeouts
+    app = fault_app(hang_chat=True, hang_models_after=1)
+    with LocalTeacher(app=app) as server:
+        cfg = TeacherConfig(model=LOCAL, base_url=server.base_url, timeout_s=0.5,
+                            connect_check_s=0.5, concurrency=1)
+        started = time.perf_counter()
+        with pytest.raises(teacher.TeacherError) as err:
+            run_generation(work, tmp_path / "hung.jsonl", cfg, progress=False)
+        print(f"server hung mid-run: stopped after {time.perf_counter() - started:.2f} s, "
+              f"{app.state.chat_requests} chat request(s)")
+        assert app.state.chat_requests == 1 and app.state.model_requests == 2
+    assert "GET " + server.base_url + "/models got none either" in str(err.value)
 
 
 # --------------------------------------------------------------------------------------------
