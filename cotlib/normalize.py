@@ -106,7 +106,7 @@ _PUNCT = string.punctuation + "“”‘’«»…–—"
 # Leading junk: punctuation, except a bracket that opens a letter "(b)" and a sign or dot that
 # starts a number ("-3", ".25").
 _LEAD_JUNK = re.compile(r"^(?:[^\w(\[.\-]|[(\[](?!\s*[a-z]\s*[)\]])|[.\-](?!\.?\d))+")
-_TRAIL_JUNK = re.compile("[" + re.escape(_PUNCT.replace(")", "").replace("]", "")) + r"\s]+$")
+_TRAIL_JUNK = _PUNCT.replace(")", "").replace("]", "") + " \t\n"
 # A letter: "(b)", "[b]", "b.", "b)", "b:", "b" alone, "b (blue)"; after option/choice/letter
 # also "option b, the blue bar".
 _LETTER_RE = re.compile(
@@ -138,15 +138,15 @@ def _clean(text: object) -> str:
 
 def _trim(s: str) -> str:
     """Strip spaces and punctuation from both ends, keeping '(b)', '-3' and '.25' intact."""
-    s = _LEAD_JUNK.sub("", s.strip())
-    return _TRAIL_JUNK.sub("", s)
+    s = _LEAD_JUNK.sub("", s.strip(), count=1)
+    return s.rstrip(_TRAIL_JUNK)
 
 
 def _strip_lead_ins(s: str) -> str:
     s = _trim(s)
-    changed = True
-    while changed and s:
-        changed = False
+    changed, passes = True, 0
+    while changed and s and passes < 8:  # "So, the answer is: ..." needs three; bounded
+        changed, passes = False, passes + 1
         for lead in LEAD_INS:
             if s == lead:
                 return ""

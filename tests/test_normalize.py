@@ -227,6 +227,19 @@ def test_numbers_are_read_to_their_value(pred, gold, expected):
     assert answers_match(gold, pred) is expected
 
 
+@pytest.mark.parametrize("text", [
+    "a" + "!" * 100_000 + "a", "so " * 50_000 + "3", "the answer is " * 20_000 + "3",
+    " no" * 50_000 + " x", "1," * 50_000, "one hundred " * 20_000, "(a)" * 30_000, " is " * 50_000,
+    "x" + ")" * 100_000, "." * 100_000 + "5", "- " * 50_000 + "3",
+])
+@pytest.mark.timeout(30)
+def test_matcher_finishes_on_adversarial_input(text):
+    # A quadratic scan would hang here; pytest-timeout turns a hang into a failure.
+    assert isinstance(normalize_answer(text), str)
+    answers_match(text, "3")
+    answers_match(text, "blue", COLOURS, "B")
+
+
 def test_module_doctests():
     import doctest
 
