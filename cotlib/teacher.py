@@ -862,6 +862,7 @@ class RunSummary:
     attempts: int = 0
     seconds: float = 0.0
     stopped_by_budget: bool = False
+    budget_note: str = ""  # why the next request did not fit under the cap
 
     def __str__(self) -> str:
         text = (
@@ -872,7 +873,10 @@ class RunSummary:
         if self.failures:
             text += "; failures: " + ", ".join(f"{k} {v}" for k, v in self.failures.items())
         if self.stopped_by_budget:
-            text += "; stopped by the budget cap (rerun with a bigger budget_usd to continue)"
+            text += ("; stopped by the budget cap (rerun with a bigger budget_usd, or a smaller "
+                     "max_tokens, to continue)")
+            if self.budget_note:
+                text += f": {self.budget_note}"
         return text
 
 
@@ -1385,6 +1389,7 @@ class RunState:
         self.reserved = 0.0
         self.open_reservations = 0
         self.exhausted = False  # a request could not be reserved: stop launching
+        self.budget_note = ""
         self.in_a_row = 0  # connection failures / timeouts since the last answer
         self.streak: Counter[str] = Counter()
         self.answered = False
@@ -1530,8 +1535,11 @@ async def call_with_retries(
             return None, attempts, ("aborted", RuntimeError(state.abort_message)), cost
         if not await state.reserve(worst_case_usd):
             why = state.abort_message or (
-                f"the next attempt could cost up to ${worst_case_usd:.6f} (prompt + max_tokens) "
-                f"and ${state.spent:.6f} of budget_usd=${state.budget_usd:g} is spent")
+                f"the next request could cost up to ${worst_case_usd:.6f} (prompt + max_tokens "
+                f"at the model's price) and ${state.spent:.6f} of budget_usd=${state.budget_usd:g}"
+                " is spent")
+            if state.abort_message is None:
+                state.budget_note = state.budget_note or why
             return None, attempts, ("budget", RuntimeError(why)), cost
         attempts += 1
         spent, settled = 0.0, False
@@ -1800,6 +1808,7 @@ async def generate_traces(
             bar.close()
             await client.close()
         summary.stopped_by_budget = state.exhausted
+        summary.budget_note = state.budget_note if state.exhausted else ""
         summary.not_started = len(pending) - summary.done - summary.failed
         writer.sync()
         compact_results(out_path)

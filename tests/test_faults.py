@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 import secrets
 import socket
 import time
@@ -266,6 +267,20 @@ def test_budget_is_a_ceiling_at_any_concurrency(concurrency, tmp_path):
     assert summary.stopped_by_budget and summary.done >= 3 and summary.failed == 0
     assert requests == summary.done == len(lines(out))  # nothing sent beyond what was written
     assert summary.not_started == 48 - summary.done
+    assert re.search(r"could cost up to \$1\.\d+ .* budget_usd=\$6 is spent", str(summary))
+
+
+def test_a_budget_below_one_requests_worst_case_sends_nothing(work, tmp_path):
+    # the case: --budget 0.001 on gpt-4o spent $0.0192 at concurrency 8
+    app = fault_app()
+    with LocalTeacher(app=app) as server:
+        cfg = TeacherConfig(model="gpt-4o", base_url=server.base_url, budget_usd=0.001,
+                            concurrency=8)
+        summary = run_generation(work, tmp_path / "t.jsonl", cfg, progress=False)
+    assert app.state.chat_requests == 0 and summary.cost_usd == 0
+    assert summary.stopped_by_budget and summary.not_started == len(work)
+    worst = teacher.worst_case_cost(teacher.build_messages(work[0]), cfg)
+    assert worst > 0.001 and f"${worst:.6f}" in str(summary)
 
 
 # --------------------------------------------------------------------------------------------
