@@ -214,6 +214,8 @@ def draft_trace(
     cannot be a course scene (192x192), so its pixels are never decoded (eight concurrent
     6300x6300 PNGs would otherwise take gigabytes) and the trace says it is not a scene."""
     size = image_size(image_url)
+    if size is not None and size[0] * size[1] > images.DEFAULT_MAX_PIXELS:  # the bomb guard
+        raise images._bomb_error("data URL", size[0] * size[1], images.DEFAULT_MAX_PIXELS)
     if size is not None and size[0] * size[1] > MAX_DECODE_PIXELS:
         s = synth.DEFAULT_CONFIG.image_size
         return _cannot_read(standard, rng, "not_a_scene",

@@ -416,6 +416,15 @@ def test_huge_images_are_not_decoded_and_memory_stays_low(work):
     text = responses[0].json()["choices"][0]["message"]["content"]
     assert "6300x6300" in text and notes == ["not_a_scene"] * 8
     assert after < 300
+    # beyond the bomb guard's 40M pixels: still refused with a 400, from the header alone
+    buffer = io.BytesIO()
+    Image.new("1", (7000, 7000)).save(buffer, format="PNG")
+    messages[1]["content"][0]["image_url"]["url"] = (
+        "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
+    with LocalTeacher() as server, httpx.Client(base_url=server.base_url, timeout=30) as http:
+        r = http.post("/chat/completions", json={"model": LOCAL, "messages": messages})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_image"
+    assert "decompression bomb" in r.json()["error"]["message"]
 
 
 # --------------------------------------------------------------------------------------------
