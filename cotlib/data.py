@@ -11,11 +11,13 @@ This is the shape TRL 1.16's ``SFTTrainer`` recognises as a vision prompt/comple
 ``images`` column makes it use ``DataCollatorForVisionLanguageModeling``, which applies the
 processor's chat template to the prompt (with the generation prompt) and to prompt+completion,
 and with ``completion_only_loss`` (the default for prompt/completion data) sets the labels of
-every prompt token — the image tokens included — to -100. So the model learns only to write the
-answer. No system prompt: LLaVA-CoT needs none at inference.
+every prompt token — the image tokens included — to -100 (and ``cotlib.train`` masks the
+``\\n`` the template writes after the end-of-turn token: generation never writes it). So the model
+learns only to write the answer. No system prompt: LLaVA-CoT needs none at inference.
 
 ``variant="direct"`` builds the same rows with the answer alone as the completion (the option's
-letter for multiple choice), for the "does reasoning help?" comparison in notebook 07.
+text for multiple choice, as in the CoT CONCLUSION and the base's pretraining), for the "does
+reasoning help?" comparison in notebook 07.
 
 Share a dataset on the Hugging Face hub (needs ``huggingface-cli login``)::
 
@@ -127,16 +129,15 @@ def cot_completion(text: str) -> str:
 
 
 def direct_answer(task: Any, text: str | None = None) -> str:
-    """The completion of the direct-answer variant: the option's letter for multiple choice
-    (the prompt asks for it), else the standard answer, else the trace's CONCLUSION.
+    """The completion of the direct-answer variant: the standard answer (for multiple choice the
+    option's *text*, the form the base was pretrained to give and the CoT CONCLUSION holds),
+    else the trace's CONCLUSION.
 
     >>> from cotlib import synth
-    >>> direct_answer(synth.make_task(7, "bar_value", multiple_choice=True))
-    'B'
+    >>> t = synth.make_task(7, "bar_value", multiple_choice=True)
+    >>> direct_answer(t) == t.answer == t.choices["ABCDEF".index(t.answer_letter)]
+    True
     """
-    letter = getattr(task, "answer_letter", None)
-    if letter:
-        return letter
     answer = getattr(task, "answer", None)
     if answer not in (None, ""):
         return str(answer)
@@ -370,7 +371,7 @@ def write_card(folder: str | Path, stats: Mapping[str, Any]) -> Path:
     completion = ("the four-stage trace `<SUMMARY> … </SUMMARY> <CAPTION> … </CAPTION> "
                   "<REASONING> … </REASONING> <CONCLUSION> … </CONCLUSION>`"
                   if variant == "cot" else
-                  "the answer alone (the option's letter for multiple choice)")
+                  "the answer alone (the option's text for multiple choice)")
     card = f"""---
 language: en
 license: mit

@@ -18,8 +18,9 @@ that price, :func:`best_within_budget` picks the system to deploy under a latenc
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from collections.abc import Sequence
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -120,29 +121,31 @@ def score(
 
 
 def comparison_table(results: Sequence[EvalResult]) -> str:
-    """A markdown table: accuracy, format compliance, tokens and seconds per answer, and the
-    overhead relative to the first row.
+    """A markdown table: accuracy with its 95% interval (Wilson), format compliance, tokens and
+    seconds per answer, and the overhead relative to the first row.
 
     >>> from cotlib import synth
     >>> t = synth.make_task(1, "count_shape")
     >>> a = score("direct", [t], [t.answer], seconds=[0.1], tokens=[2])
     >>> b = score("cot", [t], [stages.render("p", "c", "r", t.answer)], seconds=[0.4], tokens=[40])
     >>> print(comparison_table([a, b]).splitlines()[-1])
-    | cot | 1 | 100.0% | 100.0% | 40.0 | 0.400 | 20.0x | 4.0x |
+    | cot | 1 | 100.0% | 20.7%–100.0% | 100.0% | 40.0 | 0.400 | 20.0x | 4.0x |
     """
     if not results:
         raise ValueError("no results to compare")
     base = results[0]
     lines = [
-        "| system | n | accuracy | format | tokens/answer | s/answer | tokens vs first | "
-        "time vs first |",
-        "|---|---|---|---|---|---|---|---|",
+        "| system | n | accuracy | 95% interval | format | tokens/answer | s/answer | "
+        "tokens vs first | time vs first |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         tok_ratio = r.mean_tokens / base.mean_tokens if base.mean_tokens else float("nan")
         sec_ratio = r.mean_seconds / base.mean_seconds if base.mean_seconds else float("nan")
+        lo, hi = accuracy_interval(r)
         lines.append(
-            f"| {r.name} | {r.n} | {r.accuracy:.1%} | {r.format_rate:.1%} | {r.mean_tokens:.1f} "
+            f"| {r.name} | {r.n} | {r.accuracy:.1%} | {lo:.1%}–{hi:.1%} | {r.format_rate:.1%} | "
+            f"{r.mean_tokens:.1f} "
             f"| {r.mean_seconds:.3f} | {tok_ratio:.1f}x | {sec_ratio:.1f}x |"
         )
     return "\n".join(lines)
@@ -231,6 +234,224 @@ def difference_se(a: EvalResult, b: EvalResult) -> float:
     """
     var = a.accuracy * (1 - a.accuracy) / a.n + b.accuracy * (1 - b.accuracy) / b.n
     return var ** 0.5
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% for ``z=1.96``) of an accuracy of ``k`` right out of ``n``:
+    unlike ``p +- 2 SE`` it stays inside [0, 1] and is honest at 0 or n right.
+
+    >>> [round(x, 3) for x in wilson_interval(45, 120)]
+    [0.294, 0.464]
+    >>> wilson_interval(0, 10)[0]
+    0.0
+    """
+    if n <= 0:
+        raise ValueError("an interval needs at least one task (n >= 1)")
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} right out of n={n} is impossible")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_interval(result: EvalResult) -> tuple[float, float]:
+    """:func:`wilson_interval` of ``result``'s accuracy (from its rows)."""
+    right = sum(bool(r["correct"]) for r in result.rows) if result.rows else round(
+        result.accuracy * result.n)
+    return wilson_interval(right, result.n)
+
+
+@dataclass
+class PairedComparison:
+    """``a`` against ``b`` on the same tasks: the accuracy difference ``a - b``, its 95% interval
+    (paired bootstrap over tasks), and the exact McNemar test on the tasks only one got right."""
+
+    a: str
+    b: str
+    n: int
+    difference: float
+    interval: tuple[float, float]
+    only_a: int  # tasks a got right and b wrong
+    only_b: int
+    p_value: float  # exact two-sided McNemar (binomial test on the discordant tasks)
+
+    @property
+    def supported(self) -> bool:
+        """Whether the data support a difference (the 95% interval excludes 0)."""
+        return self.interval[0] > 0 or self.interval[1] < 0
+
+    def sentence(self) -> str:
+        """One plain sentence: the difference, its interval, the test, what it supports."""
+        lo, hi = self.interval
+        verdict = (f"the data support that {self.a if self.difference > 0 else self.b} is more "
+                   "accurate" if self.supported else "the data do not tell them apart")
+        return (f"{self.a} - {self.b}: {100 * self.difference:+.1f} points (95% interval "
+                f"{100 * lo:+.1f} to {100 * hi:+.1f}; {self.only_a} tasks right only for "
+                f"{self.a}, {self.only_b} only for {self.b}, McNemar p = {self.p_value:.3g}): "
+                f"{verdict}.")
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value: the chance, if both systems were equally good, of a split
+    of the discordant tasks at least this uneven.
+
+    >>> round(mcnemar_p(10, 2), 4), mcnemar_p(3, 3)
+    (0.0386, 1.0)
+    """
+    m = only_a + only_b
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2 ** m
+    return min(1.0, 2 * tail)
+
+
+def paired_comparison(a: EvalResult, b: EvalResult, *, resamples: int = 10_000,
+                      seed: int = 0) -> PairedComparison:
+    """Compare two systems on the tasks both answered (matched by task id).
+
+    The interval resamples tasks (a paired bootstrap, fixed seed: the same numbers every run).
+
+    >>> from cotlib import synth
+    >>> ts = synth.make_tasks(40, seed=9)
+    >>> good = score("good", ts, [t.answer for t in ts])
+    >>> half = score("half", ts, [t.answer if i % 2 else "x" for i, t in enumerate(ts)])
+    >>> c = paired_comparison(good, half)
+    >>> c.difference, c.only_a, c.only_b, c.supported
+    (0.5, 20, 0, True)
+    """
+    import numpy as np
+
+    right_b = {r["task_id"]: bool(r["correct"]) for r in b.rows}
+    pairs = [(bool(r["correct"]), right_b[r["task_id"]]) for r in a.rows
+             if r["task_id"] in right_b]
+    if not pairs:
+        raise ValueError(f"{a.name!r} and {b.name!r} share no task: a paired comparison needs "
+                         "both systems scored on the same tasks")
+    x = np.array(pairs, dtype=float)
+    diff = x[:, 0] - x[:, 1]
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    only_a, only_b = int((diff > 0).sum()), int((diff < 0).sum())
+    return PairedComparison(a.name, b.name, len(pairs), round(float(diff.mean()), 4),
+                            (round(float(lo), 4), round(float(hi), 4)), only_a, only_b,
+                            mcnemar_p(only_a, only_b))
+
+
+# --------------------------------------------------------------------------------------------
+# controls: does the model look at the image?
+
+#: The image conditions of :func:`controls`.
+CONTROL_CONDITIONS = ("real", "shuffled", "blank")
+
+
+def control_images(tasks: Sequence, condition: str, seed: int = 0) -> list:
+    """The images to answer ``tasks`` with under ``condition``: ``"real"`` (each task's own),
+    ``"shuffled"`` (another task's image of the same kind — shapes or bars — so the question
+    still fits the picture's kind but not its content), or ``"blank"`` (white, same size).
+
+    >>> from cotlib import synth
+    >>> ts = synth.make_tasks(6, seed=9)
+    >>> [im.getpixel((0, 0)) for im in control_images(ts[:2], "blank")]
+    [(255, 255, 255), (255, 255, 255)]
+    """
+    import random
+
+    from PIL import Image
+
+    if condition not in CONTROL_CONDITIONS:
+        raise ValueError(f"condition must be one of {CONTROL_CONDITIONS}, got {condition!r}")
+    real = [t.get_image() for t in tasks]
+    if condition == "real":
+        return real
+    if condition == "blank":
+        return [Image.new("RGB", im.size, (255, 255, 255)) for im in real]
+    rng = random.Random(seed)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, t in enumerate(tasks):
+        groups[(t.scene or {}).get("kind", "other")].append(i)
+    out = list(real)
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        order = list(idx)  # a shuffle, then a rotation: no task keeps its own image
+        rng.shuffle(order)
+        moved = order[1:] + order[:1]
+        for i, j in zip(order, moved, strict=True):
+            out[i] = real[j]
+    return out
+
+
+def controls(answer: Callable[[Sequence, list], list[str]], tasks: Sequence, *,
+             name: str = "model", conditions: Sequence[str] = CONTROL_CONDITIONS,
+             seed: int = 0) -> dict[str, EvalResult]:
+    """Score a model on ``tasks`` with real, shuffled and blank images: a model that looks at the
+    picture loses accuracy without it; one that scores the same is answering from the question.
+
+    ``answer(tasks, images)`` returns one output per task (e.g. a closure over
+    :func:`cotlib.experiment.answer_freely`). Also returns ``"majority"``: always the most
+    common answer of each task type among ``tasks`` (a floor that needs no model at all).
+
+    >>> from cotlib import synth
+    >>> ts = synth.make_tasks(22, seed=9)
+    >>> def reads(task, image):  # a perfect reader of the picture
+    ...     try:
+    ...         return synth.solve(task.prompt_question(), synth.scene_from_image(image))[0]
+    ...     except ValueError:
+    ...         return "cannot tell"
+    >>> r = controls(lambda tasks, images: [reads(*x) for x in zip(tasks, images)], ts)
+    >>> r["real"].accuracy, r["blank"].accuracy < 0.5
+    (1.0, True)
+    """
+    results = {}
+    for condition in conditions:
+        images = control_images(tasks, condition, seed)
+        results[condition] = score(f"{name} ({condition} images)", tasks,
+                                   list(answer(tasks, images)),
+                                   note=f"images: {condition}")
+    results["majority"] = score("majority answer", tasks, majority_answers(tasks),
+                                note="the most common answer of each task type")
+    return results
+
+
+def majority_answers(tasks: Sequence) -> list[str]:
+    """For each task, the most common standard answer of its type among ``tasks`` (ties: the
+    first seen).
+
+    >>> from cotlib import synth
+    >>> majority_answers([synth.make_task(i, "compare_counts") for i in range(5)])[0]
+    'yes'
+    """
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for t in tasks:
+        counts[t.task_type][str(t.answer)] += 1
+    best = {k: c.most_common(1)[0][0] for k, c in counts.items()}
+    return [best[t.task_type] for t in tasks]
+
+
+def controls_table(results: dict[str, EvalResult]) -> str:
+    """Accuracy by task type under each image condition (markdown), with 95% intervals overall.
+
+    >>> from cotlib import synth
+    >>> ts = synth.make_tasks(11, seed=9)
+    >>> print(controls_table({"real": score("m", ts, [t.answer for t in ts])}).splitlines()[2])
+    | **all** | 11 | 100.0 [74.1, 100.0] |
+    """
+    names = list(results)
+    lines = ["| task type | n | " + " | ".join(names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    first = results[names[0]]
+    cells = []
+    for r in results.values():
+        lo, hi = accuracy_interval(r)
+        cells.append(f"{100 * r.accuracy:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
+    lines.append(f"| **all** | {first.n} | " + " | ".join(cells) + " |")
+    counts = Counter(row["task_type"] for row in first.rows)
+    for kind in sorted(first.by_type):
+        lines.append(f"| {kind} | {counts[kind]} | " + " | ".join(
+            f"{100 * r.by_type.get(kind, float('nan')):.1f}" for r in results.values()) + " |")
+    return "\n".join(lines)
 
 
 def plot_overhead(results: Sequence[EvalResult], path: str | Path | None = None):

@@ -385,6 +385,32 @@ def describe(scene: dict, config: SceneConfig = DEFAULT_CONFIG) -> str:
     return f"{head}: {'; '.join(parts)}."
 
 
+def listing(scene: dict, config: SceneConfig = DEFAULT_CONFIG) -> str:
+    """A compact, position-first caption: every cell of a shape grid in reading order (``empty``
+    where nothing is), or every bar from left to right with its height. Each item names its place
+    before its content, the order the image tokens come in.
+
+    >>> listing({"kind": "bars", "bars": [{"color": "red", "value": 3},
+    ...                                   {"color": "blue", "value": 5}]})
+    'bars from left to right: red 3; blue 5.'
+    >>> listing({"kind": "shapes", "objects": [{"shape": "circle", "color": "red",
+    ...          "size": "small", "row": 0, "col": 1}]}).split("; ")[:2]
+    ['top-left: empty', 'top-middle: small red circle']
+    """
+    if scene["kind"] == "bars":
+        return "bars from left to right: " + "; ".join(
+            f"{b['color']} {b['value']}" for b in scene["bars"]) + "."
+    g = config.grid
+    cells = {(o["row"], o["col"]): o for o in scene["objects"]}
+    items = []
+    for r in range(g):
+        for c in range(g):
+            o = cells.get((r, c))
+            what = f"{o['size']} {o['color']} {o['shape']}" if o else "empty"
+            items.append(f"{position_name(r, c, g)}: {what}")
+    return "; ".join(items) + "."
+
+
 # ---------------------------------------------------------------------------------------
 # questions: templates, parsing, solving
 

@@ -45,6 +45,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -1014,10 +1015,61 @@ def build_trainer(dataset, settings: TrainSettings | None = None, *, callbacks=N
                              processing_class=processor,
                              callbacks=[recorder, *(callbacks or [])])
     trainer.remove_callback(PrinterCallback)
+    trainer.data_collator = EndOfTurnMask(trainer.data_collator, end_of_turn_ids(model, processor))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     return Prepared(trainer, settings, resolved, source, processor, dataset, skipped, counts,
                     recorder)
+
+
+def end_of_turn_ids(model, processor) -> list[int]:
+    """Token ids that end an answer: the model's generation stops there (its generation config's
+    ``eos_token_id``, and the tokenizer's eos token).
+
+    >>> from cotlib import models
+    >>> model, processor = models.load(models.tiny("idefics3"))
+    >>> processor.tokenizer.convert_ids_to_tokens(end_of_turn_ids(model, processor))
+    ['<end_of_utterance>']
+    """
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    eos = getattr(getattr(processor, "tokenizer", processor), "eos_token_id", None)
+    return sorted({*ids, *([eos] if eos is not None else [])})
+
+
+class EndOfTurnMask:
+    """Wraps TRL's collator: no label after a row's first end-of-turn token.
+
+    The chat template writes ``<end_of_utterance>\\n`` after every turn, and TRL's
+    prompt-completion collator trains the ``\\n`` too: a token the model never generates (decoding
+    stops at the end-of-turn token), whose loss at step 0 was 19-26 nats on every row of the demo's
+    datasets under the shipped base. Masking it makes the loss measure the answer alone.
+
+    >>> import torch
+    >>> mask = EndOfTurnMask(lambda rows: {"labels": torch.tensor(rows)}, [9])
+    >>> mask([[-100, 5, 9, 7], [-100, -100, 4, 9]])["labels"].tolist()
+    [[-100, 5, 9, -100], [-100, -100, 4, 9]]
+    """
+
+    def __init__(self, collator, end_ids: Sequence[int]):
+        self.collator, self.end_ids = collator, list(end_ids)
+
+    def __call__(self, examples):
+        import torch
+
+        batch = self.collator(examples)
+        labels = batch.get("labels")
+        if labels is None or not self.end_ids:
+            return batch
+        is_end = torch.isin(labels, torch.tensor(self.end_ids, device=labels.device))
+        after = (is_end.long().cumsum(dim=1) - is_end.long()) > 0  # strictly after the first end
+        batch["labels"] = labels.masked_fill(after, -100)
+        return batch
+
+    def __getattr__(self, name):  # TRL and the Trainer read the collator's attributes
+        if name == "collator":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.collator, name)
 
 
 def _check_max_length(max_length: int, processor, dataset, sample: int = 32) -> None:

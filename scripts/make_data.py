@@ -1,6 +1,6 @@
 """Regenerate (or verify) the shipped synthetic task splits in data/tasks/.
 
-    python scripts/make_data.py            # rewrite data/tasks/{train,val,test} + manifest
+    python scripts/make_data.py            # rewrite data/tasks/{train,val,test,heldout} + manifest
     python scripts/make_data.py --check    # verify files on disk; exit 1 naming mismatches
 
 The output is deterministic: fixed seeds and sizes below, tasks from `cotlib.synth`.
@@ -33,6 +33,10 @@ SPLITS = {
     "train": {"n": 240, "seed": 1},
     "val": {"n": 60, "seed": 2},
     "test": {"n": 120, "seed": 3},
+    # the experiment's measurement: 30 tasks per type, disjoint from every other seed the course
+    # uses (train 1, val 2, test 3, the base's held-out 4 and majority 5, extra training tasks 7,
+    # pretraining >= 10_000_000)
+    "heldout": {"n": 330, "seed": 8},
 }
 MC_FRACTION = 0.3
 DEFAULT_OUT = ROOT / "data" / "tasks"

@@ -40,6 +40,8 @@ import torch
 from cotlib import env, evaluate, models, synth
 
 CAPTION_QUESTION = "Describe the image."
+#: Caption targets for CAPTION_QUESTION (``--caption-format``).
+CAPTIONS = {"describe": synth.describe, "listing": synth.listing}
 TRAIN_SEED_BASE = 10_000_000  # shipped splits use seeds 1e6..3e6+; never overlap
 HELDOUT_SEED = 4  # make_tasks(seed=4) -> task seeds 4e6+i, also disjoint from training
 MAJORITY_SEED = 5  # a large sample of the generator for the majority answers
@@ -51,9 +53,14 @@ def spec_for(patch: int) -> models.TinySpec:
                            vision_layers=3, patch_size=patch, vocab_size=1024)
 
 
-def build(folder: Path, patch: int, seed: int) -> Path:
+def build(folder: Path, patch: int, seed: int, tiled: bool = False) -> Path:
     """A fresh random base in ``folder``: the course's tiny Idefics3 (same tokenizer, chat template
     and special tokens as ``models.tiny('idefics3')``) with one image token per grid cell.
+
+    ``tiled``: the processor splits each 192 px scene into its nine 64 px cells (Idefics3's image
+    splitting, each tile announced by its ``<row_r_col_c>`` text token) plus a 64 px global view,
+    one image token each (needs ``patch=64``). Without it, the whole scene is one image whose
+    nine 64 px patches become the nine tokens, with nothing in the text to say which is which.
 
     >>> build(Path("/tmp/base-build-doctest"), 64, 0).name
     'base-build-doctest'
@@ -62,18 +69,24 @@ def build(folder: Path, patch: int, seed: int) -> Path:
 
     folder = models.tiny("idefics3", folder, spec=spec_for(patch), seed=seed, rebuild=True)
     cell = synth.DEFAULT_CONFIG.cell
-    if patch == cell // 2:
+    if patch == cell // 2 and not tiled:
         return folder  # models.tiny's layout: 32 px patches merged 2x2 -> 9 tokens
     if patch != cell:
         raise ValueError(f"patch must be {cell} (one cell) or {cell // 2} (merged 2x2)")
     config = Idefics3Config.from_pretrained(folder)
     config.scale_factor = 1
+    if tiled:  # one 64 px tile per grid cell (+ a 64 px global view), one token each
+        config.vision_config.image_size = cell
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(config)
     model.generation_config = Idefics3ForConditionalGeneration.from_pretrained(
         folder).generation_config
     processor = AutoProcessor.from_pretrained(folder)
-    processor.image_seq_len = (synth.DEFAULT_CONFIG.image_size // patch) ** 2
+    processor.image_seq_len = 1 if tiled else (synth.DEFAULT_CONFIG.image_size // patch) ** 2
+    if tiled:  # SmolVLM's own image splitting, at the scene's scale: tiles of one grid cell
+        processor.image_processor.do_image_splitting = True
+        processor.image_processor.size = {"longest_edge": synth.DEFAULT_CONFIG.image_size}
+        processor.image_processor.max_image_size = {"longest_edge": cell}
     for f in folder.glob("*.safetensors"):
         f.unlink()
     model.save_pretrained(folder)
@@ -86,18 +99,37 @@ def target_text(task: synth.Task) -> str:
     return task.answer
 
 
-def pixel_batch(images: list) -> dict[str, torch.Tensor]:
-    """Pixel values as the Idefics3 processor makes them for 192 px images (no resize needed)."""
-    arr = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images]).float()
+def is_tiled(processor) -> bool:
+    """Whether ``processor`` splits a scene into cell tiles (see :func:`build`)."""
+    return bool(getattr(processor.image_processor, "do_image_splitting", False))
+
+
+def pixel_batch(images: list, tiled: bool = False) -> dict[str, torch.Tensor]:
+    """Pixel values as the Idefics3 processor makes them for 192 px images, without its (slow)
+    per-image pipeline: the image itself, or (``tiled``) its nine 64 px cells row by row and a
+    64 px global view (LANCZOS, as the processor; its pixels differ from the processor's by at
+    most one grey level, the cells not at all)."""
+    from PIL import Image
+
+    def views(im):
+        if not tiled:
+            return [im]
+        c = synth.DEFAULT_CONFIG.cell
+        g = synth.DEFAULT_CONFIG.grid
+        return ([im.crop((j * c, i * c, j * c + c, i * c + c)) for i in range(g) for j in range(g)]
+                + [im.resize((c, c), Image.LANCZOS)])
+
+    arr = torch.stack([torch.stack([torch.from_numpy(np.array(v)).permute(2, 0, 1)
+                                    for v in views(im)]) for im in images]).float()
     return {
-        "pixel_values": ((arr / 255.0 - 0.5) / 0.5)[:, None],
-        "pixel_attention_mask": torch.ones(len(images), 1, *arr.shape[-2:], dtype=torch.bool),
+        "pixel_values": (arr / 255.0 - 0.5) / 0.5,
+        "pixel_attention_mask": torch.ones(*arr.shape[:2], *arr.shape[-2:], dtype=torch.bool),
     }
 
 
 def _expand(processor, text: str) -> str:
-    image_seq = ("<fake_token_around_image><global-img>" + "<image>" * processor.image_seq_len
-                 + "<fake_token_around_image>")
+    g = synth.DEFAULT_CONFIG.grid if is_tiled(processor) else 0
+    image_seq = processor.replace_image_token({"rows": [[g]], "cols": [[g]]}, 0)
     return text.replace("<image>", image_seq, 1)
 
 
@@ -113,8 +145,37 @@ def make_batch(processor, examples: list[tuple[synth.Task, str, str]]) -> dict[s
     for i, p in enumerate(prompts):
         labels[i, :len(tok(p, add_special_tokens=False)["input_ids"])] = -100
     batch["labels"] = labels
-    batch.update(pixel_batch([task.get_image() for task, _, _ in examples]))
+    batch.update(pixel_batch([task.get_image() for task, _, _ in examples], is_tiled(processor)))
     return batch
+
+
+def text_question(task: synth.Task, caption_format: str) -> str:
+    """A text-only reasoning sample's question: the scene written out, then the task's question
+    (no image, no stage tags)."""
+    return f"Scene: {CAPTIONS[caption_format](task.scene)}\n{task.prompt_question()}"
+
+
+def worked_answer(task: synth.Task) -> str:
+    """A text-only reasoning sample's target: the solver's steps, then the answer (plain text)."""
+    steps = synth.solve(task.prompt_question(), task.scene)[1]
+    return " ".join(steps) + f" So the answer is {task.answer}."
+
+
+def make_text_batch(processor, examples: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Tokenized text-only (question, target) pairs, labels on the target only, no pixels."""
+    tok = processor.tokenizer
+    prompts = [processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": q}]}], add_generation_prompt=True)
+        for q, _ in examples]
+    full = [p + " " + t + tok.eos_token for p, (_, t) in zip(prompts, examples, strict=True)]
+    tok.padding_side = "right"
+    batch = tok(full, return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = batch["input_ids"].clone()
+    labels[batch["attention_mask"] == 0] = -100
+    for i, p in enumerate(prompts):
+        labels[i, :len(tok(p, add_special_tokens=False)["input_ids"])] = -100
+    batch["labels"] = labels
+    return dict(batch)
 
 
 def per_sample_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -141,6 +202,38 @@ def answer(model, processor, tasks: list[synth.Task], max_new_tokens: int = 4) -
         out += [t.strip() for t in processor.batch_decode(
             ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
     return out
+
+
+@torch.no_grad()
+def caption_scores(model, processor, tasks: list[synth.Task], caption_format: str,
+                   max_new_tokens: int = 96) -> dict:
+    """Per-item caption accuracy on ``tasks``' scenes, by kind (an item = one object's size,
+    colour, shape and cell, or one bar's colour and height at its place):
+    ``cotlib.attribution.score_caption`` of the greedy answer to CAPTION_QUESTION."""
+    from cotlib import attribution
+
+    model.eval()
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for i in range(0, len(tasks), 16):
+        chunk = tasks[i:i + 16]
+        prompts = [models.chat_prompt(processor, CAPTION_QUESTION) for _ in chunk]
+        batch = models.encode(processor, [t.get_image() for t in chunk], prompts)
+        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        texts = processor.batch_decode(ids[:, batch["input_ids"].shape[1]:],
+                                       skip_special_tokens=True)
+        for task, text in zip(chunk, texts, strict=True):
+            got = attribution.score_caption(text, task.scene)
+            c = counts[task.scene["kind"]]
+            c["items"] += got.right + got.missed
+            c["right"] += got.right
+            c["invented"] += got.invented
+            c["scenes"] += 1
+            c["exact"] += got.exact and text.strip() == CAPTIONS[caption_format](task.scene)
+    model.train()
+    return {kind: {"scenes": c["scenes"], "items": c["items"],
+                   "item_accuracy": round(c["right"] / max(1, c["items"]), 3),
+                   "invented": c["invented"], "exact_captions": c["exact"]}
+            for kind, c in sorted(counts.items())}
 
 
 def baselines(tasks: list[synth.Task]) -> dict[str, tuple[str, float]]:
@@ -287,6 +380,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--patch", type=int, default=64, choices=(32, 64))
     ap.add_argument("--caption-every", type=int, default=6, help="0: no captions")
+    ap.add_argument("--caption-format", default="describe", choices=tuple(CAPTIONS),
+                    help="describe: synth.describe (object by object); listing: synth.listing "
+                         "(cell by cell, the place before the content)")
+    ap.add_argument("--text-every", type=int, default=0,
+                    help="of the other batches, every k-th is text-only reasoning: the scene "
+                         "written out + the question -> the solver's steps and the answer (no "
+                         "image, no stage tags); 0: none")
+    ap.add_argument("--tiled", action="store_true",
+                    help="split each scene into its nine cells (<row_r_col_c> tiles, SmolVLM's "
+                         "image splitting) plus a global view: see build()")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--heldout", type=int, default=330)
@@ -305,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     env.seed_everything(args.seed)
     rng = random.Random(args.seed)
-    folder = build(Path(args.out), args.patch, args.seed)
+    folder = build(Path(args.out), args.patch, args.seed, tiled=args.tiled)
+    caption_of = CAPTIONS[args.caption_format]
     model, processor = models.load(folder, dtype="float32", device="cpu")
     model.train()
     n_params = models.count_parameters(model)["total"]
@@ -313,12 +417,13 @@ def main(argv: list[str] | None = None) -> int:
 
     majority = baselines(synth.make_tasks(5500, seed=MAJORITY_SEED))
     heldout = synth.make_tasks(args.heldout, seed=HELDOUT_SEED)
+    caption_heldout = heldout[: max(22, len(heldout) // 4)]  # every type: both scene kinds
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     log: dict = {"losses": [], "evals": [], "args": vars(args), "params": n_params,
                  "versions": env.versions(), "hardware": env.hardware().__dict__,
                  "generator_version": synth.GENERATOR_VERSION}
     started = time.perf_counter()
-    seen, run_q, run_c = 0, None, None
+    seen, run_q, run_c, run_t = 0, None, None, None
     step, log["truncated"] = 0, False
     for step in range(1, args.steps + 1):
         if args.max_minutes and time.perf_counter() - started > args.max_minutes * 60:
@@ -330,32 +435,47 @@ def main(argv: list[str] | None = None) -> int:
         for group in opt.param_groups:
             group["lr"] = lr
         caption = args.caption_every > 0 and step % args.caption_every == 0
+        text = not caption and args.text_every > 0 and step % args.text_every == 1
         examples = []
         for _ in range(args.batch):
             task = synth.make_task(TRAIN_SEED_BASE + seen)
             seen += 1
-            examples.append((task, CAPTION_QUESTION, synth.describe(task.scene)) if caption
-                            else (task, task.prompt_question(), target_text(task)))
+            if text:
+                examples.append((text_question(task, args.caption_format), worked_answer(task)))
+            else:
+                examples.append((task, CAPTION_QUESTION, caption_of(task.scene)) if caption
+                                else (task, task.prompt_question(), target_text(task)))
         rng.shuffle(examples)
-        loss = per_sample_loss(model, make_batch(processor, examples))
+        batch = make_text_batch(processor, examples) if text else make_batch(processor, examples)
+        loss = per_sample_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if caption:
+        if text:
+            run_t = loss.item() if run_t is None else 0.9 * run_t + 0.1 * loss.item()
+        elif caption:
             run_c = loss.item() if run_c is None else 0.9 * run_c + 0.1 * loss.item()
         else:
             run_q = loss.item() if run_q is None else 0.97 * run_q + 0.03 * loss.item()
         if step % 25 == 0:
             secs = time.perf_counter() - started
-            log["losses"].append({"step": step, "samples": seen, "question_loss": round(run_q, 4),
+            log["losses"].append({"step": step, "samples": seen,
+                                  "question_loss": run_q and round(run_q, 4),
                                   "caption_loss": run_c and round(run_c, 4),
+                                  "text_loss": run_t and round(run_t, 4),
                                   "seconds": round(secs, 1)})
-            print(f"step {step} samples {seen} q-loss {run_q:.3f} c-loss {run_c or 0:.3f} "
+            print(f"step {step} samples {seen} q-loss {run_q or 0:.3f} c-loss {run_c or 0:.3f} "
+                  f"t-loss {run_t or 0:.3f} "
                   f"lr {lr:.2e} {secs:.0f}s {seen / secs:.1f} samples/s", flush=True)
         if step % args.eval_every == 0:
             scores = evaluate_tasks(model, processor, heldout, majority)
-            log["evals"].append({"step": step, "samples": seen, "scores": scores})
+            captions = caption_scores(model, processor, caption_heldout, args.caption_format)
+            log["evals"].append({"step": step, "samples": seen, "scores": scores,
+                                 "captions": captions})
+            print("  captions: " + ", ".join(f"{k} items {v['item_accuracy']:.3f} (invented "
+                                             f"{v['invented']})" for k, v in captions.items()),
+                  flush=True)
             print(f"  heldout mean {scores['mean']['accuracy']:.3f}: " + ", ".join(
                 f"{k} {v['accuracy']:.2f}/{v['majority']:.2f}" for k, v in scores.items()
                 if k != "mean"), flush=True)

@@ -56,7 +56,7 @@ def test_direct_variant_has_the_same_rows_and_the_answer_alone(pipeline):
     by_id = {t.id: t for t in tasks}
     for task_id, completion in zip(direct["task_id"], direct["completion"]):
         task = by_id[task_id]
-        assert completion[0]["content"][0]["text"] == (task.answer_letter or task.answer)
+        assert completion[0]["content"][0]["text"] == task.answer  # the option text for MC
     with pytest.raises(ValueError, match="variant"):
         data.build_dataset(records, verdicts, tasks, variant="short")
 

@@ -46,7 +46,7 @@ def test_comparison_table_shows_overhead(tasks):
     cot = evaluate.score("cot", tasks, [stages.render("p", "c", "r", t.answer) for t in tasks],
                          seconds=[0.3] * 22, tokens=[30] * 22)
     table = evaluate.comparison_table([direct, cot])
-    assert "| cot | 22 | 100.0% | 100.0% | 30.0 | 0.300 | 15.0x | 3.0x |" in table
+    assert "| cot | 22 | 100.0% | 85.1%–100.0% | 100.0% | 30.0 | 0.300 | 15.0x | 3.0x |" in table
     assert "| count_color |" in evaluate.by_type_table([direct, cot])
 
 
@@ -124,3 +124,82 @@ def test_best_within_budget_and_its_checker(capsys):
     assert "(<=)" in capsys.readouterr().out
     assert evaluate.check_best_within_budget(stub) is False
     assert "not done yet" in capsys.readouterr().out
+
+
+# --- intervals, paired tests and controls (the experiment's measurement) ---------------------
+
+def test_wilson_interval_covers_and_narrows():
+    lo, hi = evaluate.wilson_interval(30, 100)
+    assert lo < 0.30 < hi
+    lo2, hi2 = evaluate.wilson_interval(300, 1000)
+    assert hi2 - lo2 < hi - lo  # more tasks, narrower interval
+    assert evaluate.wilson_interval(10, 10)[1] == 1.0 and evaluate.wilson_interval(10, 10)[0] > 0.6
+    with pytest.raises(ValueError, match="at least one task"):
+        evaluate.wilson_interval(0, 0)
+    with pytest.raises(ValueError, match="impossible"):
+        evaluate.wilson_interval(5, 4)
+
+
+def test_mcnemar_exact_values():
+    # two-sided exact binomial on the discordant tasks, checked by hand: 2 * P(X <= 2 | 12, 0.5)
+    assert evaluate.mcnemar_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert evaluate.mcnemar_p(0, 0) == 1.0
+    assert evaluate.mcnemar_p(5, 5) == 1.0
+    assert evaluate.mcnemar_p(0, 6) == pytest.approx(2 / 64)
+    assert evaluate.mcnemar_p(6, 0) == evaluate.mcnemar_p(0, 6)
+
+
+def test_paired_comparison_matches_tasks_by_id_and_is_reproducible():
+    ts = synth.make_tasks(60, seed=12)
+    a = evaluate.score("a", ts, [t.answer if i % 3 else "x" for i, t in enumerate(ts)])
+    b = evaluate.score("b", ts[::-1], [t.answer if i % 2 else "x" for i, t in enumerate(ts[::-1])])
+    c = evaluate.paired_comparison(a, b)
+    right_b = {r["task_id"]: r["correct"] for r in b.rows}
+    only_a = sum(r["correct"] and not right_b[r["task_id"]] for r in a.rows)
+    only_b = sum(right_b[r["task_id"]] and not r["correct"] for r in a.rows)
+    assert (c.only_a, c.only_b, c.n) == (only_a, only_b, 60)
+    assert c.difference == pytest.approx((only_a - only_b) / 60, abs=1e-4)
+    assert c.interval[0] <= c.difference <= c.interval[1]
+    assert evaluate.paired_comparison(a, b) == c  # fixed seed: same interval every run
+    same = evaluate.paired_comparison(a, a)
+    assert same.difference == 0 and not same.supported and same.p_value == 1.0
+    assert "do not tell them apart" in same.sentence()
+    other = evaluate.score("other", synth.make_tasks(3, seed=13), ["1", "2", "3"])
+    with pytest.raises(ValueError, match="share no task"):
+        evaluate.paired_comparison(a, other)
+
+
+def test_controls_tell_a_reader_from_a_guesser():
+    ts = synth.make_tasks(44, seed=14)
+
+    def reader(tasks, images):  # reads the picture it is given
+        out = []
+        for t, im in zip(tasks, images):
+            try:
+                out.append(synth.solve(t.prompt_question(), synth.scene_from_image(im))[0])
+            except ValueError:
+                out.append("cannot tell")
+        return out
+
+    def guesser(tasks, images):  # never looks: the majority answer of the type
+        return evaluate.majority_answers(tasks)
+
+    seen = evaluate.controls(reader, ts, name="reader")
+    blind = evaluate.controls(guesser, ts, name="guesser")
+    assert seen["real"].accuracy == 1.0
+    assert seen["shuffled"].accuracy < 0.6 and seen["blank"].accuracy < 0.5
+    assert blind["real"].accuracy == blind["shuffled"].accuracy == blind["blank"].accuracy
+    assert blind["real"].accuracy == seen["majority"].accuracy
+    table = evaluate.controls_table(seen)
+    assert "| **all** | 44 |" in table and "count_sum" in table
+
+
+def test_shuffled_images_keep_the_kind_and_move_every_image():
+    ts = synth.make_tasks(22, seed=15)
+    real = evaluate.control_images(ts, "real")
+    moved = evaluate.control_images(ts, "shuffled", seed=3)
+    for t, im, r in zip(ts, moved, real):
+        assert synth.scene_from_image(im)["kind"] == t.scene["kind"]
+        assert im.tobytes() != r.tobytes()
+    with pytest.raises(ValueError, match="condition must be one of"):
+        evaluate.control_images(ts, "upside-down")

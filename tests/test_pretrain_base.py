@@ -30,6 +30,43 @@ def test_one_image_token_per_grid_cell_and_a_training_batch_runs(tmp_path):
     assert torch.isfinite(loss) and loss.item() > 1.0  # untrained: far from certain
 
 
+def test_tiled_layout_matches_the_processor_and_names_each_cell(tmp_path):
+    """The tiled base: nine cell tiles announced by <row_r_col_c> + a global view, one token each;
+    the script's fast pixels and prompt expansion equal what the processor makes."""
+    folder = pb.build(tmp_path / "tiled", 64, seed=0, tiled=True)
+    model, processor = models.load(folder, dtype="float32", device="cpu")
+    assert pb.is_tiled(processor) and processor.image_seq_len == 1
+    tasks = synth.make_tasks(3, seed=7)
+    prompts = [models.chat_prompt(processor, t.prompt_question()) for t in tasks]
+    ref = processor(text=prompts, images=[[t.get_image()] for t in tasks], return_tensors="pt",
+                    padding=True)
+    mine = pb.pixel_batch([t.get_image() for t in tasks], tiled=True)
+    assert mine["pixel_values"].shape == ref["pixel_values"].shape == (3, 10, 3, 64, 64)
+    assert torch.allclose(mine["pixel_values"][:, :9], ref["pixel_values"][:, :9], atol=1e-6)
+    assert (mine["pixel_values"] - ref["pixel_values"]).abs().max() <= 1 / 127.5 + 1e-6
+    tok = processor.tokenizer
+    expanded = tok(pb._expand(processor, prompts[0]), add_special_tokens=False)["input_ids"]
+    assert expanded == ref["input_ids"][0][ref["attention_mask"][0] == 1].tolist()
+    names = tok.convert_ids_to_tokens(expanded)
+    assert [n for n in names if n.startswith("<row_")] == [
+        f"<row_{r}_col_{c}>" for r in (1, 2, 3) for c in (1, 2, 3)]
+    assert names.count("<image>") == 10
+    batch = pb.make_batch(processor, [(t, t.prompt_question(), pb.target_text(t)) for t in tasks])
+    assert torch.isfinite(pb.per_sample_loss(model, batch))
+
+
+def test_text_only_reasoning_samples_have_no_image_and_no_stage_tags():
+    _, processor = models.load(models.tiny("idefics3"))
+    for t in synth.make_tasks(22, seed=7, mc_fraction=0.5):
+        question, target = pb.text_question(t, "listing"), pb.worked_answer(t)
+        assert question.startswith("Scene: " + synth.listing(t.scene))
+        assert target.endswith(f"So the answer is {t.answer}.")
+        assert not any(tag in question + target for tag in stages.STAGES)
+    batch = pb.make_text_batch(processor, [(pb.text_question(t, "describe"), pb.worked_answer(t))
+                                           for t in synth.make_tasks(3, seed=8)])
+    assert "pixel_values" not in batch and (batch["labels"] != -100).any()
+
+
 def test_targets_are_answer_texts_that_the_course_evaluation_accepts():
     for t in synth.make_tasks(60, seed=8, mc_fraction=0.5):
         assert evaluate.is_correct(t, pb.target_text(t))

@@ -39,7 +39,7 @@ from cotlib.synth import (  # noqa: E402
 )
 
 DATA = ROOT / "data" / "tasks"
-SPLIT_SIZES = {"train": 240, "val": 60, "test": 120}
+SPLIT_SIZES = {"train": 240, "val": 60, "test": 120, "heldout": 330}
 TYPES = list(TASK_TYPES)
 
 

@@ -561,3 +561,43 @@ def test_resume_skips_checkpoints_a_kill_left_incomplete(traces, tiny_cache, tmp
     assert again.card["resumed_from"].endswith("checkpoint-2") and again.card["steps"] == 3
     assert [s for s, _ in again.losses] == [3]
     assert train._latest_checkpoint(tmp_path / "nothing-here", say=said.append) is None
+
+
+def _step0_token_losses(variant: str, out: Path, n: int = 22):
+    """Per-token loss of the training targets under the shipped base at step 0 (LoRA's B is zero,
+    so the model is the base), with the labels exactly as the trainer's collator makes them."""
+    import torch
+
+    from cotlib import env, synth
+
+    tasks = synth.load_split(env.DATA_DIR / "tasks" / "train")[:n]
+    prep = train.build_trainer(train.synthetic_traces(tasks, variant=variant), model=str(
+        env.BASE_DIR), output_dir=str(out), max_steps=1, verbose=False, lora_r=8,
+        modules_to_save=None)
+    rows = [prep.trainer.train_dataset[i] for i in range(len(prep.trainer.train_dataset))]
+    batch = prep.trainer.data_collator(rows)
+    with torch.no_grad():
+        logits = prep.trainer.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    labels = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    ends = train.end_of_turn_ids(prep.trainer.model, prep.processor)
+    return labels, loss, ends, tasks
+
+
+@pytest.mark.parametrize("variant", ["direct", "cot"])
+def test_step0_targets_are_tokens_the_base_can_generate(variant, tmp_path):
+    """No trained token after the end-of-turn token (decoding stops there: the template's ``\\n``
+    cost 19-26 nats at step 0 on every row), and direct targets are in the form the base answers
+    in (the option *text* for multiple choice: the letter cost 15-24 nats)."""
+    labels, loss, ends, tasks = _step0_token_losses(variant, tmp_path)
+    assert any(t.choices for t in tasks)  # multiple-choice rows are among them
+    for row in range(labels.shape[0]):
+        trained = (labels[row] != -100).nonzero().flatten().tolist()
+        assert trained, "a row with nothing to learn"
+        last = trained[-1]
+        assert labels[row, last].item() in ends  # the answer ends with the end-of-turn token ...
+        assert all(labels[row, i].item() not in ends for i in trained[:-1])  # ... only once, last
+    if variant == "direct":
+        worst = loss[labels != -100].max().item()
+        assert worst < 5.0, f"a direct target token costs {worst:.1f} nats under the base"
