@@ -385,13 +385,15 @@ def control_images(tasks: Sequence, condition: str, seed: int = 0) -> list:
 
 def controls(answer: Callable[[Sequence, list], list[str]], tasks: Sequence, *,
              name: str = "model", conditions: Sequence[str] = CONTROL_CONDITIONS,
-             seed: int = 0) -> dict[str, EvalResult]:
+             seed: int = 0, majority_from: Sequence | None = None) -> dict[str, EvalResult]:
     """Score a model on ``tasks`` with real, shuffled and blank images: a model that looks at the
     picture loses accuracy without it; one that scores the same is answering from the question.
 
     ``answer(tasks, images)`` returns one output per task (e.g. a closure over
     :func:`cotlib.experiment.answer_freely`). Also returns ``"majority"``: always the most
-    common answer of each task type among ``tasks`` (a floor that needs no model at all).
+    common answer of each task type among ``majority_from`` (give the training tasks: the
+    answer a model could learn without looking; default ``tasks`` themselves, which flatters
+    the floor on a small set) — a floor that needs no model at all.
 
     >>> from cotlib import synth
     >>> ts = synth.make_tasks(22, seed=9)
@@ -410,24 +412,26 @@ def controls(answer: Callable[[Sequence, list], list[str]], tasks: Sequence, *,
         results[condition] = score(f"{name} ({condition} images)", tasks,
                                    list(answer(tasks, images)),
                                    note=f"images: {condition}")
-    results["majority"] = score("majority answer", tasks, majority_answers(tasks),
+    results["majority"] = score("majority answer", tasks,
+                                majority_answers(tasks, majority_from),
                                 note="the most common answer of each task type")
     return results
 
 
-def majority_answers(tasks: Sequence) -> list[str]:
-    """For each task, the most common standard answer of its type among ``tasks`` (ties: the
-    first seen).
+def majority_answers(tasks: Sequence, source: Sequence | None = None) -> list[str]:
+    """For each task, the most common standard answer of its type among ``source`` (default
+    ``tasks``; ties: the first seen; a type ``source`` lacks: the most common answer overall).
 
     >>> from cotlib import synth
     >>> majority_answers([synth.make_task(i, "compare_counts") for i in range(5)])[0]
     'yes'
     """
     counts: dict[str, Counter] = defaultdict(Counter)
-    for t in tasks:
+    for t in (tasks if source is None else source):
         counts[t.task_type][str(t.answer)] += 1
     best = {k: c.most_common(1)[0][0] for k, c in counts.items()}
-    return [best[t.task_type] for t in tasks]
+    overall = sum(counts.values(), Counter()).most_common(1)[0][0]
+    return [best.get(t.task_type, overall) for t in tasks]
 
 
 def controls_table(results: dict[str, EvalResult]) -> str:

@@ -1,6 +1,6 @@
 """The miniature LLaVA-CoT experiment: does answering in four stages help a tiny model?
 
-Four systems answer the same held-out tasks (``data/tasks/test``):
+Four systems answer the same held-out tasks (``data/tasks/heldout``: 330, 30 per task type):
 
 1. **base** — the shipped base model (``data/base``), answering directly, as it was pretrained;
 2. **direct SFT** — a LoRA adapter trained on the same tasks with the answers only;
@@ -65,7 +65,13 @@ class ExperimentConfig:
     base: str | None = None  # None: env.BASE_DIR (the shipped base model)
     extra_train_tasks: int = 360  # generated beyond the shipped 240 training tasks
     shipped_train_tasks: int | None = None  # None: all 240 of data/tasks/train
-    test_tasks: int | None = None  # None: all 120 of data/tasks/test
+    #: The shipped split the systems are scored on: "heldout" (330 tasks, 30 per type: enough to
+    #: tell about 10 points apart between two systems) or "test" (120, the notebooks' fast split).
+    test_split: str = "heldout"
+    test_tasks: int | None = None  # None: all of the test split
+    #: Score the base also with shuffled and blank images and against the majority answer (a
+    #: model that scores the same without the picture answers from the question).
+    controls: bool = True
     beam_tasks: int | None = 24  # the beam row's subset (the first ones); None: all test tasks
     beam_n: int = 2  # candidates per stage, as in LLaVA-CoT's paper (its code: 10)
     fault_rate: float = 0.1  # share of traces the local teacher breaks, per fault kind
@@ -127,7 +133,8 @@ class ExperimentConfig:
     def fast(cls, **overrides: Any) -> ExperimentConfig:
         """Seconds-scale settings for tests and fast mode (a handful of tasks and steps)."""
         settings: dict[str, Any] = dict(
-            extra_train_tasks=0, shipped_train_tasks=24, test_tasks=8, beam_tasks=3, beam_n=2,
+            extra_train_tasks=0, shipped_train_tasks=24, test_split="test", test_tasks=8,
+            beam_tasks=3, beam_n=2,
             epochs=1.0, max_new_tokens=48, batch_size=8,
             # one thread: a seconds-scale run gains nothing from a second one, and under
             # `make test` the other core is busy with another test
@@ -144,6 +151,7 @@ class Experiment:
     run: Path
     results: list[EvalResult]
     info: dict[str, Any] = field(default_factory=dict)
+    controls: dict[str, EvalResult] = field(default_factory=dict)  # the base's image controls
 
     @property
     def report(self) -> Path:
@@ -181,7 +189,7 @@ def base_folder(base: str | os.PathLike | None = None) -> Path:
 
 def prepare_tasks(run: Path, config: ExperimentConfig) -> tuple[list, list]:
     """Training tasks (the shipped train split + ``extra_train_tasks`` new ones, saved in
-    ``run/tasks``) and the held-out test tasks (``data/tasks/test``)."""
+    ``run/tasks``) and the held-out test tasks (``data/tasks/<test_split>``)."""
     from cotlib import synth
 
     train_tasks = synth.load_split(env.DATA_DIR / "tasks" / "train")
@@ -190,7 +198,12 @@ def prepare_tasks(run: Path, config: ExperimentConfig) -> tuple[list, list]:
     if config.extra_train_tasks:
         train_tasks += synth.make_tasks(config.extra_train_tasks, seed=EXTRA_TASK_SEED)
     synth.save_split(train_tasks, run / "tasks")
-    test = synth.load_split(env.DATA_DIR / "tasks" / "test")
+    folder = env.DATA_DIR / "tasks" / config.test_split
+    if not (folder / "tasks.jsonl").exists():
+        raise ExperimentError(f"no test split {config.test_split!r} in {folder.parent} — use one "
+                              "of the shipped splits (heldout, test), or regenerate them with "
+                              "`python scripts/make_data.py`.")
+    test = synth.load_split(folder)
     if config.test_tasks is not None:
         test = test[: config.test_tasks]  # the split cycles through the task types
     return synth.load_split(run / "tasks"), test
@@ -340,14 +353,16 @@ class Answers:
 
 
 def answer_freely(model, processor, tasks: Sequence, max_new_tokens: int,
-                  progress: Callable[[int], Any] | None = None, batch_size: int = 8) -> Answers:
+                  progress: Callable[[int], Any] | None = None, batch_size: int = 8,
+                  images: Sequence | None = None) -> Answers:
     """Greedy decoding of ``batch_size`` tasks at a time on a shared cache
     (:func:`cotlib.infer.generate_ids`: each row gets the tokens it would get alone), stopped at
     the end-of-answer token: nothing is forced, the text is all the model's own. Seconds per
     answer are a batch's wall time divided by its size (throughput; the same for each system
     answered this way).
 
-    Direct-answer systems and the CoT SFT system are answered this way.
+    Direct-answer systems and the CoT SFT system are answered this way. ``images`` replaces the
+    tasks' own images (the controls of :func:`cotlib.evaluate.controls`).
     """
     from cotlib import infer, models
 
@@ -357,8 +372,10 @@ def answer_freely(model, processor, tasks: Sequence, max_new_tokens: int,
         chunk = tasks[first:first + batch_size]
         prompts = [models.chat_prompt(processor, task.prompt_question()) for task in chunk]
         t0 = time.perf_counter()
-        rows = infer.generate_ids(model, processor, [task.get_image() for task in chunk],
-                                  prompts, max_new_tokens=max_new_tokens)
+        pictures = (list(images[first:first + batch_size]) if images is not None
+                    else [task.get_image() for task in chunk])
+        rows = infer.generate_ids(model, processor, pictures, prompts,
+                                  max_new_tokens=max_new_tokens)
         seconds = (time.perf_counter() - t0) / len(chunk)
         for ids in rows:
             out.tokens.append(len(ids))
@@ -411,8 +428,10 @@ def _every(log: Callable[[str], Any], name: str, total: int, each: int = 20):
 
 
 def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentConfig,
-                     log: Callable[[str], Any] = print) -> list[EvalResult]:
-    """Answer ``test`` with the four systems and score them (:data:`SYSTEMS`, in order)."""
+                     log: Callable[[str], Any] = print, train_tasks: Sequence | None = None
+                     ) -> tuple[list[EvalResult], dict[str, EvalResult]]:
+    """Answer ``test`` with the four systems and score them (:data:`SYSTEMS`, in order); also
+    the base's image controls (:func:`base_controls`; empty unless ``config.controls``)."""
     from cotlib import evaluate, models, train
 
     device = env.hardware().device
@@ -423,6 +442,7 @@ def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentCo
         lambda: models.load(base, dtype="float32" if device == "cpu" else None, device=device),
         lambda: train.load_adapter(run / "adapter_direct", device=device, merge=True),
     )
+    controls: dict[str, EvalResult] = {}
     for name, load in zip(SYSTEMS[:2], direct_loaders):
         model, processor = load()
         model.eval()
@@ -430,6 +450,10 @@ def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentCo
                           _every(log, name, len(test), 60), config.answer_batch)
         results.append(evaluate.score(name, test, a.outputs, seconds=a.seconds,
                                       tokens=a.tokens, note="greedy, free generation"))
+        if name == SYSTEMS[0] and config.controls:
+            controls = base_controls(model, processor, test, config, results[-1], train_tasks)
+            log("      controls: " + ", ".join(f"{k} {r.accuracy:.1%}"
+                                                for k, r in controls.items()))
         env.free_memory(model)
 
     model, processor = train.load_adapter(run / "adapter", device=device, merge=True)
@@ -450,7 +474,30 @@ def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentCo
              "well formed = the model closed every stage itself; no stage longer than "
              f"{config.max_new_tokens} tokens{subset}"))
     env.free_memory(model)
-    return results
+    return results, controls
+
+
+def base_controls(model, processor, test: Sequence, config: ExperimentConfig,
+                  real: EvalResult, train_tasks: Sequence | None = None
+                  ) -> dict[str, EvalResult]:
+    """The base's direct answers with each task's own image (``real``, already scored), another
+    task's image of the same kind, and a blank image; plus the majority answer of each type
+    among the training tasks."""
+    from cotlib import evaluate
+
+    def answer(tasks, images):
+        out = []
+        for first in range(0, len(tasks), config.answer_batch):
+            out += answer_freely(model, processor, tasks[first:first + config.answer_batch],
+                                 config.direct_max_new_tokens,
+                                 batch_size=config.answer_batch,
+                                 images=images[first:first + config.answer_batch]).outputs
+        return out
+
+    found = evaluate.controls(answer, list(test), name="base",
+                              conditions=("shuffled", "blank"), seed=config.seed,
+                              majority_from=train_tasks)
+    return {"real": real, **found}
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,7 +553,7 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
         timings["train_both" if together else "train_direct_then_cot"] = time.perf_counter() - t
 
         t = step(5, "answer the test tasks with the four systems")
-        results = evaluate_systems(base, run, test, config, log)
+        results, controls = evaluate_systems(base, run, test, config, log, train_tasks)
         timings["evaluate"] = time.perf_counter() - t
 
         t = step(6, "scores, figures and report")
@@ -518,15 +565,20 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
             "training": {name: {"steps": r.card.get("steps"), "seconds": round(r.seconds, 1),
                                 "loss_first": r.losses[0][1] if r.losses else None,
                                 "loss_last": r.losses[-1][1] if r.losses else None,
+                                "loss_rose": loss_rose(r.losses),
                                 "trainable": r.card.get("parameters", {}).get("trainable")}
                          for name, r in (("direct SFT", direct), ("CoT SFT", cot))},
             "side_by_side": together,
+            "test_split": config.test_split,
+            "controls": {k: {"accuracy": r.accuracy, "by_type": r.by_type}
+                         for k, r in controls.items()},
+            "attribution": attribution_of(results[2], test),
             "timings": timings,
             "machine": _machine(),
         }
         timings["report"] = 0.0
         info["total_seconds"] = time.perf_counter() - started
-        experiment = Experiment(run, results, info)
+        experiment = Experiment(run, results, info, controls)
         write_report(experiment)
         timings["report"] = time.perf_counter() - t
         info["total_seconds"] = time.perf_counter() - started
@@ -535,6 +587,30 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
         torch.set_num_threads(threads)
     log(f"done in {info['total_seconds']:.0f} s: {experiment.report}")
     return experiment
+
+
+def loss_rose(losses: Sequence[tuple[int, float]]) -> bool:
+    """Whether a run's logged training loss ended higher than it started (the mean of the last
+    quarter of the logged values above the mean of the first quarter): a recipe that makes the
+    model worse on its own training data, which the report flags.
+
+    >>> loss_rose([(1, 2.0), (2, 1.0), (3, 0.5), (4, 0.4)]), loss_rose([(1, 0.7), (2, 1.6)])
+    (False, True)
+    """
+    values = [v for _, v in losses]
+    if len(values) < 2:
+        return False
+    k = max(1, len(values) // 4)
+    return sum(values[-k:]) / k > sum(values[:k]) / k
+
+
+def attribution_of(cot: EvalResult, test: Sequence) -> dict[str, Any]:
+    """Stage attribution (:mod:`cotlib.attribution`) of the CoT SFT answers, from its rows."""
+    from cotlib import attribution
+
+    by_id = {t.id: t for t in test}
+    tasks = [by_id[row["task_id"]] for row in cot.rows]
+    return attribution.attribution_table(tasks, [row["output"] for row in cot.rows])
 
 
 def _parameters(base: Path) -> int | None:
@@ -564,49 +640,74 @@ def _machine() -> dict[str, Any]:
 # the report
 
 
+#: The task types that need more than one step (count two sets, or read two bars, then combine):
+#: where reasoning in stages should help most.
+MULTI_STEP = ("count_sum", "compare_counts", "count_color_shape", "bar_diff")
+
+
+def subset(result: EvalResult, task_types: Sequence[str]) -> EvalResult:
+    """``result`` re-scored on the tasks of ``task_types`` only (from its per-task rows)."""
+    rows = [row for row in result.rows if row["task_type"] in task_types]
+    if not rows:
+        raise ValueError(f"{result.name!r} answered no task of the types {list(task_types)}")
+    n = len(rows)
+    return EvalResult(
+        name=result.name, n=n, accuracy=round(sum(r["correct"] for r in rows) / n, 4),
+        by_type={k: v for k, v in result.by_type.items() if k in task_types},
+        format_rate=round(sum(r["well_formed"] for r in rows) / n, 4),
+        mean_tokens=round(sum(r["tokens"] for r in rows) / n, 2),
+        mean_seconds=round(sum(r["seconds"] for r in rows) / n, 4), rows=rows,
+        note=f"{result.note}; the {', '.join(task_types)} tasks only")
+
+
 def reading(results: Sequence[EvalResult]) -> list[str]:
     """Plain sentences comparing the systems, computed from the numbers (nothing is assumed
-    about which way they point). Expects the four :data:`SYSTEMS` in order.
+    about which way they point): each comparison is paired (the same tasks), with a 95% interval
+    for the difference and an exact McNemar test, and says whether the data support it.
+    Expects the four :data:`SYSTEMS` in order.
 
     >>> from cotlib import evaluate, stages, synth
-    >>> ts = synth.make_tasks(4, seed=9)
-    >>> direct = evaluate.score("d", ts, [t.answer for t in ts[:2]] + ["x", "x"], seconds=[.01] * 4,
-    ...                         tokens=[2] * 4)
-    >>> cot = evaluate.score("c", ts, [stages.render("p", "c", "r", t.answer) for t in ts],
-    ...                      seconds=[.5] * 4, tokens=[80] * 4)
+    >>> ts = synth.make_tasks(44, seed=9)
+    >>> direct = evaluate.score("direct SFT", ts, [t.answer if i % 2 else "x"
+    ...                         for i, t in enumerate(ts)], seconds=[.01] * 44, tokens=[2] * 44)
+    >>> cot = evaluate.score("CoT SFT", ts, [stages.render("p", "c", "r", t.answer) for t in ts],
+    ...                      seconds=[.5] * 44, tokens=[80] * 44)
     >>> print(reading([direct, direct, cot, cot])[1])  # doctest: +NORMALIZE_WHITESPACE
-    CoT SFT vs direct SFT: 100.0% vs 50.0% (+50.0 points, ±25.0 standard error) at 40x the
-    generated tokens and 50x the seconds per answer.
+    CoT SFT vs direct SFT: 100.0% vs 50.0% at 40x the generated tokens and 50x the seconds per
+    answer. CoT SFT - direct SFT: +50.0 points (95% interval +36.4 to +63.6; 22 tasks right only
+    for CoT SFT, 0 only for direct SFT, McNemar p = 4.77e-07): the data support that CoT SFT is
+    more accurate.
     """
     from cotlib import evaluate
 
     base, direct, cot, beam = results[:4]
 
     def compare(a: EvalResult, b: EvalResult, what: str) -> str:
-        diff = 100 * (a.accuracy - b.accuracy)
-        se = 100 * evaluate.difference_se(a, b)
         tok = _ratio(a.mean_tokens, b.mean_tokens)
         sec = _ratio(a.mean_seconds, b.mean_seconds)
-        return (f"{what}: {a.accuracy:.1%} vs {b.accuracy:.1%} ({diff:+.1f} points, ±{se:.1f} "
-                f"standard error) at {tok} the generated tokens and {sec} the seconds per answer.")
+        return (f"{what}: {a.accuracy:.1%} vs {b.accuracy:.1%} at {tok} the generated tokens and "
+                f"{sec} the seconds per answer. " + evaluate.paired_comparison(a, b).sentence())
 
-    def verdict(a: EvalResult, b: EvalResult, better: str, worse: str) -> str:
-        diff, se = a.accuracy - b.accuracy, evaluate.difference_se(a, b)
-        if abs(diff) < 2 * se or diff == 0:
-            return ("The difference is within two standard errors: on these tasks the run "
-                    "cannot tell them apart.")
-        return better if diff > 0 else worse
-
-    lines = [
-        compare(direct, base, "Direct SFT vs the base"),
-        compare(cot, direct, "CoT SFT vs direct SFT"),
-        verdict(cot, direct,
-                "Here reasoning paid: the CoT adapter answers more tasks correctly than the "
-                "direct-answer adapter trained on the same tasks with the same budget, as "
-                "LLaVA-CoT found for an 11B model.",
-                "Here forcing the model to reason first hurt: the direct-answer adapter, trained "
-                "on the same tasks with the same budget, answers more tasks correctly — as R1-V "
-                "reported for 2B models."),
+    lines = [compare(direct, base, "Direct SFT vs the base"),
+             compare(cot, direct, "CoT SFT vs direct SFT")]
+    kinds = [k for k in MULTI_STEP if k in cot.by_type and k in direct.by_type]
+    if kinds:
+        multi = evaluate.paired_comparison(subset(cot, kinds), subset(direct, kinds))
+        lines.append(f"On the multi-step types ({', '.join(kinds)}; {multi.n} tasks): "
+                     + multi.sentence())
+    paired = evaluate.paired_comparison(cot, direct)
+    if paired.supported:
+        lines.append(
+            "Here reasoning paid: the CoT adapter answers more tasks correctly than the "
+            "direct-answer adapter trained on the same tasks with the same budget, as LLaVA-CoT "
+            "found for an 11B model." if paired.difference > 0 else
+            "Here forcing the model to reason first hurt: the direct-answer adapter, trained on "
+            "the same tasks with the same budget, answers more tasks correctly — as R1-V "
+            "reported for 2B models.")
+    else:
+        lines.append(f"On these {paired.n} tasks the run cannot tell CoT SFT and direct SFT "
+                     "apart: a real difference smaller than the interval above would go unseen.")
+    lines += [
         compare(beam, same_tasks(cot, beam), "Beam search vs greedy CoT SFT"
                 + ("" if beam.n == cot.n else f" on the same {beam.n} tasks")),
         f"Format compliance after CoT SFT: {cot.format_rate:.1%} of free generations have all "
@@ -691,7 +792,8 @@ def write_report(experiment: Experiment) -> Path:
         "# cotlib demo: the miniature LLaVA-CoT experiment", "",
         f"Base model `{info['base']}` {params}. {info['train_tasks']} training tasks "
         f"({cfg['extra_train_tasks']} generated with seed {EXTRA_TASK_SEED}), "
-        f"{info['test_tasks']} held-out test tasks (data/tasks/test).", "",
+        f"{info['test_tasks']} held-out test tasks (data/tasks/{info.get('test_split', 'test')})."
+        , "",
         f"- teacher: the local teacher wrote {info['traces']} traces; the filter kept "
         f"{info['kept']} (rejected: {info['rejected'] or 'none'}). Both adapters train on the "
         "tasks of the kept traces: four-stage completions for CoT SFT, the answer alone for "
@@ -703,7 +805,10 @@ def write_report(experiment: Experiment) -> Path:
         f"{' (the two runs side by side, one process each)' if info.get('side_by_side') else ''}; "
         + "; ".join(f"{k}: {v['steps']} steps, {v['seconds']:.0f} s" + (
             f", loss {v['loss_first']:.3f} -> {v['loss_last']:.3f}"
-            if v["loss_first"] is not None else "") for k, v in tr.items()),
+            if v["loss_first"] is not None else "") + (
+            " (**the training loss rose**: this run made the model worse on its own training "
+            "data, so its row measures the recipe, not the method)" if v.get("loss_rose") else "")
+            for k, v in tr.items()),
         "", "## Results", "",
         evaluate.comparison_table(results), "",
         f"Tokens and seconds are per answer, on {m['device']} with {m['torch_threads']} torch "
@@ -723,6 +828,7 @@ def write_report(experiment: Experiment) -> Path:
         "or against it at scale.",
         "", "## Accuracy by task type", "", evaluate.by_type_table(results), "",
         "![accuracy by task type](by_type.png)", "",
+        *_controls_section(experiment), *_attribution_section(info.get("attribution")),
         "## Format and stage lengths", "",
         "| system | format compliance | first problem of the others |", "|---|---|---|",
         *_format_check(results), "",
@@ -738,6 +844,51 @@ def write_report(experiment: Experiment) -> Path:
     path = run / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _controls_section(experiment: Experiment) -> list[str]:
+    from cotlib import evaluate
+
+    if not experiment.controls:
+        return []
+    evaluate.save_results(list(experiment.controls.values()), experiment.run / "controls.json")
+    c = experiment.controls
+    gap = 100 * (c["real"].accuracy - c["blank"].accuracy) if "blank" in c else float("nan")
+    return [
+        "## Does the base look at the image?", "",
+        "The base's direct answers with each task's own image, with another task's image of the "
+        "same kind (shapes or bars), and with a blank white image; and the most common answer of "
+        "each task type among the training tasks, which needs no model at all. Accuracy in % "
+        "(95% interval).", "",
+        evaluate.controls_table(c), "",
+        f"Real images minus blank images: {gap:+.1f} points. A model that scores about the same "
+        "without the picture is answering from the question's wording.", ""]
+
+
+def _attribution_section(table: dict | None) -> list[str]:
+    if not table:
+        return []
+    wrong = table["n"] - table["correct"]
+    cap = table["captions"]
+    items = cap["items_right"] + cap["items_missed"]
+    stages_ = ", ".join(f"{k} {v}" for k, v in table["wrong_by_stage"].items())
+    rows = ["| task type | " + " | ".join(table["wrong_by_stage"]) + " |",
+            "|---|" + "---:|" * len(table["wrong_by_stage"])]
+    rows += [f"| {kind} | " + " | ".join(str(v) for v in counts.values()) + " |"
+             for kind, counts in table["by_type"].items()]
+    return [
+        "## Where the wrong CoT answers went wrong", "",
+        "Each CoT SFT answer checked stage by stage against the known scene "
+        "(`cotlib.attribution`): CAPTION read back into a scene; REASONING re-solved on the "
+        "model's own caption; CONCLUSION against the reasoning's result. A wrong answer goes to "
+        "the first stage that failed: format (no CAPTION or CONCLUSION to read), perception (the "
+        "caption's scene gives another answer), reasoning (it did not reach what its own "
+        "caption implies), copy (the CONCLUSION differs from the reasoning's result).", "",
+        f"- {table['correct']} of {table['n']} right; the {wrong} wrong: {stages_}.",
+        f"- Captions read: {cap['read']}; exactly right: {cap['exact']}; scene items named right "
+        f"{cap['items_right']} of {items}"
+        + (f" ({cap['items_right'] / items:.1%})" if items else "")
+        + f", invented {cap['items_invented']}.", "", *rows, ""]
 
 
 def table_matches_report(run: str | os.PathLike) -> bool:

@@ -142,14 +142,15 @@ def _check_mode(mode: str) -> str:
 
 
 def standard_answer(task: synth.Task) -> str:
-    """The answer a teacher is conditioned on: the option letter for multiple choice, else the
-    answer text (the multiple-choice prompt asks for the letter).
+    """The answer a teacher is conditioned on: the answer text, for multiple choice too (the
+    option's text: one answer form across the base's pretraining, the direct targets, the
+    CONCLUSION and scoring, which accepts the text or the letter).
 
     >>> t = synth.make_task(7, "bar_value", multiple_choice=True)
-    >>> standard_answer(t) == t.answer_letter
+    >>> standard_answer(t) == t.answer == t.choices["ABCDEF".index(t.answer_letter)]
     True
     """
-    return task.answer_letter if task.choices and task.answer_letter else task.answer
+    return task.answer
 
 
 def request_text(
@@ -1114,8 +1115,8 @@ class _Job:
         if isinstance(image, (str, Path)) and not str(image).startswith("data:"):
             image = Path(image_root) / image if image_root is not None else Path(image)
         question = rec.get("prompt") or rec["question"]
-        answer = rec.get("answer_letter") if rec.get("choices") else None
-        return build_messages(image, question, answer=answer or rec.get("answer"), mode=mode)
+        answer = rec.get("answer") or rec.get("answer_letter")  # the text first, as standard_answer
+        return build_messages(image, question, answer=answer, mode=mode)
 
 
 def _jobs(tasks: Iterable[Any], image_root: str | Path | None) -> list[_Job]:

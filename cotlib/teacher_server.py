@@ -7,7 +7,8 @@ the standard answer, in conditioned mode) with :func:`cotlib.teacher.parse_reque
 it with :func:`cotlib.synth.solve`, and writes the four stages:
 
 - SUMMARY: a plan for this kind of question;
-- CAPTION: :func:`cotlib.synth.describe` of the scene;
+- CAPTION: :func:`cotlib.synth.listing` of the scene (cell by cell, or bar by bar: compact, and the
+  form the shipped base learned to caption in);
 - REASONING: the solver's steps;
 - CONCLUSION: the answer (the option letter for multiple choice). In conditioned mode it is the
   given standard answer; if that disagrees with the solver, the trace still concludes with it,
@@ -235,9 +236,7 @@ def draft_trace(
         return _cannot_read(standard, rng, "unknown_question",
                             synth.describe(scene) + " The question is not one I can answer "
                             "from this scene.")
-    shown = solution  # for multiple choice, the answer is the option letter
-    if parsed.choices is not None:
-        shown = synth.LETTERS[parsed.choices.index(solution)]
+    shown = solution  # for multiple choice too: the option's text, the course's one answer form
     answer, note = shown, None
     if standard is not None:
         agrees = _norm(standard) in {_norm(shown), _norm(solution), _norm(f"{shown}. {solution}")}
@@ -251,7 +250,7 @@ def draft_trace(
     return Draft(
         stages={
             "SUMMARY": plan.format(target=_target(parsed.params)),
-            "CAPTION": rng.choice(_CAPTION_LEADS) + synth.describe(scene),
+            "CAPTION": rng.choice(_CAPTION_LEADS) + synth.listing(scene),
             "REASONING": sep.join([*steps, closer]),
             "CONCLUSION": answer,
         },
@@ -304,9 +303,14 @@ def _wrong(answer: str, question: str, rng: random.Random) -> str:
         choices = synth.parse_question(question).choices
     except ValueError:
         choices = None
-    if choices:
-        letters = [c for c in synth.LETTERS[: len(choices)] if c != answer.strip().upper()]
-        return rng.choice(letters)
+    if choices:  # another option, in the form the answer was given (its letter or its text)
+        given = answer.strip()
+        letter = len(given) == 1 and given.upper() in synth.LETTERS[: len(choices)]
+        right = synth.LETTERS.index(given.upper()) if letter else next(
+            (i for i, c in enumerate(choices) if _norm(c) == _norm(given)), None)
+        others = [i for i in range(len(choices)) if i != right]
+        pick = rng.choice(others)
+        return synth.LETTERS[pick] if letter else choices[pick]
     a = _norm(answer)
     if a in ("yes", "no"):
         return "no" if a == "yes" else "yes"

@@ -132,11 +132,20 @@ def test_reading_follows_the_numbers():
     low = _result("direct", tasks, [i < 30 for i in range(100)])
     high = _result("cot", tasks, [i < 70 for i in range(100)], seconds=0.5, tokens=80)
     same = _result("cot", tasks, [i < 32 for i in range(100)], seconds=0.5, tokens=80)
-    assert "reasoning paid" in experiment.reading([low, low, high, high])[2]
-    assert "hurt" in experiment.reading([high, high, low, low])[2]
-    assert "cannot tell" in experiment.reading([low, low, same, same])[2]
-    assert "40x the generated tokens and 5.0x the seconds" in experiment.reading(
-        [low, low, high, high])[1]
+    paid = experiment.reading([low, low, high, high])
+    assert "reasoning paid" in paid[3] and "the data support that cot" in paid[1]
+    assert paid[2].startswith("On the multi-step types")  # those types alone, paired
+    assert "hurt" in experiment.reading([high, high, low, low])[3]
+    unclear = experiment.reading([low, low, same, same])
+    assert "cannot tell" in unclear[3] and "do not tell them apart" in unclear[1]
+    assert "40x the generated tokens and 5.0x the seconds" in paid[1]
+
+
+def test_loss_rose_flags_a_diverging_run():
+    assert experiment.loss_rose([(20, 0.68), (40, 1.1), (60, 1.4), (80, 1.65), (100, 1.2),
+                                 (120, 0.89), (140, 0.95), (160, 0.9)])
+    assert not experiment.loss_rose([(20, 1.9), (40, 1.0), (60, 0.6), (80, 0.5)])
+    assert not experiment.loss_rose([(20, 1.0)])
 
 
 def test_same_tasks_rescores_on_a_subset():

@@ -80,7 +80,7 @@ def test_messages_shape_and_roundtrip(tasks):
         parsed = teacher.parse_request_text(text_part["text"])
         assert parsed.question == task.prompt_question()
         assert parsed.mode == mode and parsed.hint == "Count carefully."
-        assert parsed.answer == (task.answer_letter if mode == "conditioned" else None)
+        assert parsed.answer == (task.answer if mode == "conditioned" else None)  # option text
     assert "standard answer" in teacher.TEACHER_INSTRUCTION.lower()
     assert "standard answer is correct" not in teacher.BLIND_INSTRUCTION
     for tag in ("<SUMMARY>", "</CAPTION>", "<REASONING>", "</CONCLUSION>"):
