@@ -76,7 +76,7 @@ def tiny_cache(tmp_path_factory):
 #: `--dist loadfile` (whole files per worker) finish close together instead of one waiting.
 SLOW_FIRST = ("tests/test_pretrain_base.py", "solutions/07_evaluation.ipynb",
               "notebooks/07_evaluation.ipynb", "tests/test_experiment.py", "tests/test_train.py",
-              "tests/test_env_cli.py", "tests/test_browser.py")
+              "tests/test_env_cli.py", "tests/test_browser.py", "tests/test_package.py")
 
 
 def pytest_collection_modifyitems(config, items):
