@@ -755,7 +755,7 @@ def check_lora_merge(fn: Callable, peft_model=None) -> bool:
 # --------------------------------------------------------------------------------------------
 
 _ANSWER_HINTS = {
-    "multiple_choice": "for multiple choice the teacher concludes with the option's letter: "
+    "multiple_choice": "for multiple choice an answer may be the option's letter or its text: "
                        "answers_match takes the task's choices and answer_letter",
     "reworded": "a real teacher words its answer freely ('Three.', 'The answer is (B).'): "
                 "compare meanings with cotlib.normalize.answers_match, not strings",
@@ -831,7 +831,7 @@ def answer_check_cases(n_tasks: int = 48, seed: int = 11) -> tuple[tuple, ...]:
         text = record["text"].replace(f"<CONCLUSION> {teacher.standard_answer(task)} ",
                                       f"<CONCLUSION> {reword(task)} ")
         cases.append((f"{task.id}, reworded: {reword(task)!r}", {**record, "text": text}, task,
-                      None, "reworded"))
+                      None, "multiple_choice" if task.choices else "reworded"))
     record, task = clean[0]
     cut = record["text"].split("<CONCLUSION>")[0]
     cases.append((f"{task.id}, cut off before the CONCLUSION", {**record, "text": cut}, task,

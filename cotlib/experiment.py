@@ -87,7 +87,11 @@ class ExperimentConfig:
     #: drawn per task (437 kept traces), 120 test tasks: 8 epochs -> 95.0%; with length-grouped
     #: batches (below) 8 epochs -> 99.2% (accuracy 15.8% instead of 9.2%), 7 epochs -> 91.7%.
     epochs: float = 8.0
-    learning_rate: float = 2e-3
+    learning_rate: float = 2e-3  # the CoT adapter's
+    #: The direct-answer adapter's learning rate (None: ``learning_rate``). Same data and same
+    #: budget (epochs, batch) is the fair comparison; each variant needs a rate at which it
+    #: trains, picked on the validation split (scripts/tune_lr.py).
+    direct_learning_rate: float | None = None
     lora_r: int = 64  # the base's matrices are 192 wide: a rank this high is cheap here
     #: On the CPU, drawing the dropout masks (aten::bernoulli_) was 21% of a CoT training step's
     #: time in a profile of the shipped base, but without dropout format compliance fell to 86.7%
@@ -298,10 +302,13 @@ def train_both(built: dict[str, Any], base: Path, run: Path, config: ExperimentC
 
     from cotlib import train
 
+    direct_config = replace(config, learning_rate=config.direct_learning_rate
+                            or config.learning_rate)
     if not config.trains_side_by_side():
-        direct = train_adapter(built["direct"], base, run / "adapter_direct", config)
+        direct = train_adapter(built["direct"], base, run / "adapter_direct", direct_config)
         return direct, train_adapter(built["cot"], base, run / "adapter", config)
     half = replace(config, threads=max(1, config.cpu_threads() // 2))
+    direct_half = replace(direct_config, threads=half.threads)
     out, log_path = run / "adapter_direct", run / "train_direct.log"
     if out.exists():
         shutil.rmtree(out)
@@ -311,7 +318,7 @@ def train_both(built: dict[str, Any], base: Path, run: Path, config: ExperimentC
     try:
         second = multiprocessing.get_context("spawn").Process(
             target=_train_in_second_process, name="cotlib-direct-sft",
-            args=(str(run / "dataset_direct"), str(base), str(out), half, str(log_path)))
+            args=(str(run / "dataset_direct"), str(base), str(out), direct_half, str(log_path)))
         second.start()
     finally:
         if before is None:
@@ -569,6 +576,7 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
                                 "trainable": r.card.get("parameters", {}).get("trainable")}
                          for name, r in (("direct SFT", direct), ("CoT SFT", cot))},
             "side_by_side": together,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "test_split": config.test_split,
             "controls": {k: {"accuracy": r.accuracy, "by_type": r.by_type}
                          for k, r in controls.items()},
@@ -798,9 +806,12 @@ def write_report(experiment: Experiment) -> Path:
         f"{info['kept']} (rejected: {info['rejected'] or 'none'}). Both adapters train on the "
         "tasks of the kept traces: four-stage completions for CoT SFT, the answer alone for "
         "direct SFT.",
-        f"- training (same settings for both): LoRA r={cfg['lora_r']} (+ "
+        f"- training (same data and budget for both): LoRA r={cfg['lora_r']} (+ "
         f"{', '.join(cfg['modules_to_save']) or 'nothing'} trained in full), learning rate "
-        f"{cfg['learning_rate']}, {cfg['epochs']:g} epochs, batch {cfg['batch_size']}"
+        + (f"{cfg['learning_rate']}" if not cfg.get("direct_learning_rate") else
+           f"{cfg['learning_rate']} (CoT) and {cfg['direct_learning_rate']} (direct), each "
+           "picked on the validation split (scripts/tune_lr.py)")
+        + f", {cfg['epochs']:g} epochs, batch {cfg['batch_size']}"
         f"{' of similar lengths' if cfg.get('group_by_length') else ''}"
         f"{' (the two runs side by side, one process each)' if info.get('side_by_side') else ''}; "
         + "; ".join(f"{k}: {v['steps']} steps, {v['seconds']:.0f} s" + (

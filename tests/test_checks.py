@@ -453,7 +453,7 @@ def test_answer_checker_explains_wrong_checks(capsys):
         return None
 
     for fn, expected in [
-        (string_compare, "multiple choice the teacher concludes with the option's letter"),
+        (string_compare, "a real teacher words its answer freely"),
         (without_choices, "takes the task's choices and answer_letter"),
         (teacher_string, "compare meanings with cotlib.normalize.answers_match"),
         (crashes_without_conclusion, "raised KeyError"),

@@ -1,0 +1,101 @@
+"""Pick each adapter's learning rate on the validation split: the experiment's "same data, same
+budget" with a rate at which each variant trains.
+
+For every learning rate of a small grid it trains the CoT or the direct-answer adapter exactly as
+``cotlib.experiment`` does (same traces, same epochs and batch), answers the 60 tasks of
+``data/tasks/val`` greedily and scores them; it writes ``tuning.json`` and ``tuning.md`` (the grid,
+with the training loss's first and last values) into the run folder and prints the pick: the
+highest validation accuracy, ties to the smaller rate.
+
+    python scripts/tune_lr.py --variant cot --grid 1e-3 2e-3 4e-3 --run runs/tune
+    python scripts/tune_lr.py --variant direct --grid 2.5e-4 5e-4 1e-3 2e-3 --run runs/tune
+
+Two processes (one per variant, one thread each) share a 2-core machine well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from cotlib import env, evaluate, experiment, synth, train
+
+
+def prepare(run: Path, config: experiment.ExperimentConfig) -> dict:
+    """Tasks, traces, verdicts and both datasets, made once per run folder and reused."""
+    from datasets import load_from_disk
+
+    if (run / "dataset_direct").exists() and (run / "dataset").exists():
+        return {"cot": load_from_disk(str(run / "dataset"))["train"],
+                "direct": load_from_disk(str(run / "dataset_direct"))["train"]}
+    tasks, _ = experiment.prepare_tasks(run, config)
+    records = experiment.make_traces(tasks, run, config)
+    return experiment.filter_and_build(records, tasks, run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", choices=("cot", "direct"), required=True)
+    ap.add_argument("--grid", type=float, nargs="+", required=True)
+    ap.add_argument("--run", default="runs/tune")
+    ap.add_argument("--base", default=None, help="base model folder (default: data/base)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fast", action="store_true", help="seconds-scale settings (a smoke test)")
+    args = ap.parse_args(argv)
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    settings = experiment.ExperimentConfig.fast if args.fast else experiment.ExperimentConfig
+    config = replace(settings(base=args.base), threads=args.threads, side_by_side=False)
+    base = experiment.base_folder(config.base)
+    built = prepare(run, config)
+    val = synth.load_split(env.DATA_DIR / "tasks" / "val")[: 8 if args.fast else None]
+    budget = config.max_new_tokens if args.variant == "cot" else config.direct_max_new_tokens
+    rows = []
+    for lr in args.grid:
+        out = run / f"{args.variant}_lr{lr:g}"
+        t0 = time.perf_counter()
+        result = experiment.train_adapter(built[args.variant], base, out,
+                                          replace(config, learning_rate=lr), verbose=False)
+        model, processor = train.load_adapter(out, device="cpu", merge=True)
+        model.eval()
+        answers = experiment.answer_freely(model, processor, val, budget,
+                                           batch_size=config.answer_batch)
+        scored = evaluate.score(f"{args.variant} lr {lr:g}", val, answers.outputs,
+                                tokens=answers.tokens)
+        losses = [v for _, v in result.losses]
+        rows.append({"variant": args.variant, "learning_rate": lr, "val_accuracy": scored.accuracy,
+                     "val_interval": evaluate.accuracy_interval(scored),
+                     "format_rate": scored.format_rate, "loss_first": losses[0] if losses else None,
+                     "loss_last": losses[-1] if losses else None,
+                     "loss_rose": experiment.loss_rose(result.losses),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+        env.free_memory(model)
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["learning_rate"]))
+    path = run / "tuning.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old[args.variant] = {"grid": rows, "pick": best["learning_rate"], "epochs": config.epochs,
+                         "batch": config.batch_size, "val_tasks": len(val), "base": str(base)}
+    path.write_text(json.dumps(old, indent=1))
+    lines = ["| variant | learning rate | val accuracy (95% interval) | format | "
+             "loss first -> last |", "|---|---:|---|---:|---|"]
+    for v in old.values():
+        for r in v["grid"]:
+            lo, hi = r["val_interval"]
+            loss = ("not logged" if r["loss_first"] is None else
+                    f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}"
+                    + (" (rose)" if r["loss_rose"] else ""))
+            lines.append(f"| {r['variant']} | {r['learning_rate']:g} | {r['val_accuracy']:.1%} "
+                         f"({lo:.1%}–{hi:.1%}) | {r['format_rate']:.1%} | {loss} |")
+    (run / "tuning.md").write_text("\n".join(lines) + "\n")
+    print(f"pick for {args.variant}: learning rate {best['learning_rate']:g} "
+          f"(val accuracy {best['val_accuracy']:.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
