@@ -109,7 +109,7 @@ between or after them except whitespace:
 <CAPTION>...</CAPTION> The parts of the image that matter for the question, described exactly.
 <REASONING>...</REASONING> Step-by-step logic from those facts to the answer.
 <CONCLUSION>...</CONCLUSION> The final answer only, as short as the question allows (for a \
-multiple-choice question, the option's letter).
+multiple-choice question, the option's text).
 
 Write as someone who worked the answer out from the image: do not mention these instructions, \
 a standard answer or a hint."""

@@ -191,13 +191,15 @@ def per_sample_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def answer(model, processor, tasks: list[synth.Task], max_new_tokens: int = 4) -> list[str]:
-    """Greedy direct answers for ``tasks`` (batched)."""
+def answer(model, processor, tasks: list[synth.Task], max_new_tokens: int = 4,
+           images: list | None = None) -> list[str]:
+    """Greedy direct answers for ``tasks`` (batched), with their own images or ``images``."""
     out = []
     for i in range(0, len(tasks), 32):
         chunk = tasks[i:i + 32]
         prompts = [models.chat_prompt(processor, t.prompt_question()) for t in chunk]
-        batch = models.encode(processor, [t.get_image() for t in chunk], prompts)
+        pictures = images[i:i + 32] if images is not None else [t.get_image() for t in chunk]
+        batch = models.encode(processor, pictures, prompts)
         ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
         out += [t.strip() for t in processor.batch_decode(
             ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
@@ -284,6 +286,59 @@ def _table(scores: dict) -> list[str]:
     return rows
 
 
+def score_seeing(folder: Path, heldout: int = 330) -> dict:
+    """Does the base in ``folder`` look at the image? On the held-out generated tasks: direct
+    accuracy by task type with real, shuffled (same kind) and blank images and the majority
+    answer (``cotlib.evaluate.controls``), and per-item caption accuracy for shapes and bars on
+    the scenes of the first 110 (10 per task type). Adds them to ``scores.json`` as
+    ``"seeing"``."""
+    model, processor = models.load(folder, dtype="float32", device="cpu")
+    model.eval()
+    log = json.loads((folder / "training_log.json").read_text())
+    tasks = synth.make_tasks(heldout, seed=HELDOUT_SEED)
+    controls = evaluate.controls(
+        lambda ts, ims: answer(model, processor, list(ts), images=list(ims)), tasks,
+        name="base", majority_from=synth.make_tasks(5500, seed=MAJORITY_SEED))
+    seeing = {
+        "tasks": len(tasks),
+        "controls": {k: {"accuracy": r.accuracy, "interval": evaluate.accuracy_interval(r),
+                         "by_type": r.by_type} for k, r in controls.items()},
+        "captions": caption_scores(model, processor, tasks[:110],  # 10 of each task type
+                                   log["args"].get("caption_format", "describe")),
+    }
+    path = folder / "scores.json"
+    scores = json.loads(path.read_text())
+    scores["seeing"] = seeing
+    path.write_text(json.dumps(scores, indent=1))
+    return seeing
+
+
+def _seeing_lines(seeing: dict | None) -> list[str]:
+    if not seeing:
+        return ["(Not scored yet: `python scripts/pretrain_base.py --score --out FOLDER`.)", ""]
+    c, cap = seeing["controls"], seeing["captions"]
+    names = ("real", "shuffled", "blank", "majority")
+    rows = ["| task type | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    rows.append("| **all** | " + " | ".join(
+        f"{100 * c[k]['accuracy']:.1f} [{100 * c[k]['interval'][0]:.1f}, "
+        f"{100 * c[k]['interval'][1]:.1f}]" for k in names) + " |")
+    for kind in sorted(c["real"]["by_type"]):
+        rows.append(f"| {kind} | " + " | ".join(f"{100 * c[k]['by_type'][kind]:.1f}"
+                                                for k in names) + " |")
+    gap = 100 * (c["real"]["accuracy"] - c["blank"]["accuracy"])
+    caps = "; ".join(f"{kind}: {v['item_accuracy']:.1%} of {v['items']} items right on "
+                     f"{v['scenes']} scenes ({v['invented']} invented, {v['exact_captions']} "
+                     "captions exactly right)" for kind, v in cap.items())
+    return [
+        f"On the {seeing['tasks']} held-out generated tasks (`synth.make_tasks({seeing['tasks']}, "
+        f"seed={HELDOUT_SEED})`), greedy direct answers with each task's own image (real), "
+        "another task's image of the same kind (shuffled), a blank white image, and the majority "
+        "answer of each type; accuracy in % [95% interval]:", "", *rows, "",
+        f"Real minus blank images: {gap:+.1f} points.", "",
+        f"Captions (\"{CAPTION_QUESTION}\", greedy; an item = one object's size, colour, shape and "
+        f"cell, or one bar's colour and height at its place): {caps}.", ""]
+
+
 def mark_course_model(folder: Path, log: dict) -> Path:
     """Replace ``models.tiny``'s marker with ``cotlib_base.json``: training then keeps the base's
     image layout (``cotlib.train.is_tiny``), and nothing mistakes it for a random twin."""
@@ -291,7 +346,9 @@ def mark_course_model(folder: Path, log: dict) -> Path:
     path = folder / "cotlib_base.json"
     path.write_text(json.dumps({
         "what": "cotlib tiny base, pretrained by scripts/pretrain_base.py",
-        "image_size": synth.DEFAULT_CONFIG.image_size, "image_tokens": 9,
+        "image_size": synth.DEFAULT_CONFIG.image_size,
+        "image_tokens": 10 if log["args"].get("tiled") else 9,
+        "layout": "nine cell tiles + a global view" if log["args"].get("tiled") else "one view",
         "steps": log.get("steps"), "seed": log["args"]["seed"]}, indent=1))
     return path
 
@@ -305,8 +362,10 @@ def write_card(folder: Path, note: str = "") -> Path:
     test = final["test"]
     met = [k for k, v in test.items() if k != "mean" and v["beats_majority_by_15"]]
     size = (folder / "model.safetensors").stat().st_size / 2**20
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in a.items()
-                     if k not in ("out", "short", "max_minutes") and v is not None)
+    flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                     for k, v in a.items()
+                     if k not in ("out", "short", "max_minutes", "card", "score", "note")
+                     and v is not None and v is not False)
     curve = ", ".join(f"{e['samples'] // 1000}k: {e['scores']['mean']['accuracy']:.3f}"
                       for e in log["evals"])
     lines = [
@@ -321,18 +380,29 @@ def write_card(folder: Path, note: str = "") -> Path:
         f"- Idefics3ForConditionalGeneration, {log['params']:,} parameters, float32 safetensors "
         f"({size:.1f} MiB).",
         "- Text: Llama-style decoder, 4 layers, width 192, 6 heads (2 KV heads). Vision: "
-        "SigLIP-style encoder, 3 layers, width 192, 64 px patches (one patch per grid cell), "
-        "connector without pixel shuffle (`scale_factor=1`): 9 image tokens per 192 px image.",
+        "SigLIP-style encoder, 3 layers, width 192, 64 px patches, connector without pixel "
+        "shuffle (`scale_factor=1`): "
+        + ("each 192 px scene is split into its nine 64 px cells (Idefics3's image splitting, "
+           "each tile announced by its `<row_r_col_c>` text token) plus a 64 px global view, one "
+           "image token each (10 per scene)." if a.get("tiled") else
+           "9 image tokens per 192 px image (one patch per grid cell)."),
         "- Tokenizer and chat template: the course's tiny Idefics3 tokenizer "
         "(`models.tiny('idefics3')`: byte-level BPE, 1,024 entries, trained on `course_corpus()`), "
         "so stage-tagged traces encode exactly as for the other tiny models.", "",
         "## Recipe (`scripts/pretrain_base.py`)", "",
         f"- `python scripts/pretrain_base.py {flags}`",
         "- Data: a fresh `synth.make_task(10_000_000 + i)` per sample (all 11 task types, 30% "
-        "multiple choice; never a test, validation or train task). Every "
-        f"{a['caption_every']}th batch asks \"{CAPTION_QUESTION}\" with `synth.describe(scene)` "
-        "as the target; the other batches ask the task's question. Target: the answer text, for "
-        "multiple choice too (`evaluate.is_correct` accepts the option text or its letter).",
+        "multiple choice; never a test, validation or train task). "
+        + (f"The first {a['caption_first']} batches and then " if a.get("caption_first") else
+           "") + f"every {a['caption_every']}-th batch ask \"{CAPTION_QUESTION}\" with "
+        f"`synth.{a.get('caption_format', 'describe')}(scene)` as the target"
+        + (f"; of the other batches every {a['text_every']}-th is text only: the scene written "
+           "out (the same caption format) and the question, with the solver's steps and \"So "
+           "the answer is X.\" as the target (no image, no stage tags)" if a.get("text_every")
+           else "")
+        + "; the rest ask the task's question about the image. Target: the answer text, for "
+        "multiple choice too (`evaluate.is_correct` accepts the option text or its letter). No "
+        "sample has the four-stage format.",
         "- Loss: cross-entropy on the target tokens only, averaged per sample. AdamW (betas 0.9, "
         f"0.98; weight decay 0.01), peak lr {a['lr']}, {a['warmup']} warm-up steps, cosine to 5%; "
         "gradient clipping 1.0; batch "
@@ -344,6 +414,7 @@ def write_card(folder: Path, note: str = "") -> Path:
                                            if log.get("truncated") else "") + ".",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in log["versions"].items()) + "; synth "
         f"generator version {log['generator_version']}.", "",
+        "## Does it look at the image?", "", *_seeing_lines(final.get("seeing")),
         "## Scores", "",
         "Greedy direct answers (`max_new_tokens=4`), scored with `cotlib.evaluate.is_correct`. "
         "Majority = always giving the type's most common answer (from 5,500 generated tasks); "
@@ -401,12 +472,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--card", action="store_true",
                     help="only (re)write --out's model card from its logs")
+    ap.add_argument("--score", action="store_true",
+                    help="only score --out's model for seeing (controls, captions on held-out "
+                         "scenes: scores.json) and rewrite its card")
     ap.add_argument("--note", default="", help="a line for the model card (e.g. machine load)")
     ap.add_argument("--max-minutes", type=float, default=0.0,
                     help="safety stop: end early (logged as truncated) after this long; 0 = off")
     args = ap.parse_args(argv)
-    if args.card:
+    if args.card or args.score:
+        if args.score:
+            score_seeing(Path(args.out))
+            mark_course_model(Path(args.out), json.loads(
+                (Path(args.out) / "training_log.json").read_text()))
         write_card(Path(args.out), args.note)
+        models.write_checksum(Path(args.out))
         return 0
     if args.short:  # measured: question loss 0.18x, caption loss 0.32x of the first logged, 98 s
         args.steps, args.batch, args.eval_every, args.heldout = min(args.steps, 200), 16, 100, 66
@@ -499,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
              "heldout": log["evals"][-1]["scores"]}
     (folder / "training_log.json").write_text(json.dumps(log, indent=1))
     (folder / "scores.json").write_text(json.dumps(final, indent=1))
+    score_seeing(folder, args.heldout)
     write_card(folder, args.note)
     models.write_checksum(folder)
     print(json.dumps(final["test"], indent=1))

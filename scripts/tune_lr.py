@@ -45,18 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default=None, help="base model folder (default: data/base)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fast", action="store_true", help="seconds-scale settings (a smoke test)")
+    ap.add_argument("--lora-only", action="store_true",
+                    help="train LoRA alone (no modules_to_save such as lm_head in full)")
     args = ap.parse_args(argv)
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     settings = experiment.ExperimentConfig.fast if args.fast else experiment.ExperimentConfig
     config = replace(settings(base=args.base), threads=args.threads, side_by_side=False)
+    if args.lora_only:
+        config = replace(config, modules_to_save=())
     base = experiment.base_folder(config.base)
     built = prepare(run, config)
     val = synth.load_split(env.DATA_DIR / "tasks" / "val")[: 8 if args.fast else None]
     budget = config.max_new_tokens if args.variant == "cot" else config.direct_max_new_tokens
     rows = []
     for lr in args.grid:
-        out = run / f"{args.variant}_lr{lr:g}"
+        out = run / f"{args.variant}{'_lora_only' if args.lora_only else ''}_lr{lr:g}"
         t0 = time.perf_counter()
         result = experiment.train_adapter(built[args.variant], base, out,
                                           replace(config, learning_rate=lr), verbose=False)
@@ -67,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         scored = evaluate.score(f"{args.variant} lr {lr:g}", val, answers.outputs,
                                 tokens=answers.tokens)
         losses = [v for _, v in result.losses]
-        rows.append({"variant": args.variant, "learning_rate": lr, "val_accuracy": scored.accuracy,
+        rows.append({"variant": args.variant + (" (LoRA only)" if args.lora_only else ""),
+                     "learning_rate": lr, "val_accuracy": scored.accuracy,
                      "val_interval": evaluate.accuracy_interval(scored),
                      "format_rate": scored.format_rate, "loss_first": losses[0] if losses else None,
                      "loss_last": losses[-1] if losses else None,
@@ -75,10 +80,15 @@ def main(argv: list[str] | None = None) -> int:
                      "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(rows[-1]), flush=True)
         env.free_memory(model)
-    best = max(rows, key=lambda r: (r["val_accuracy"], -r["learning_rate"]))
     path = run / "tuning.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    old[args.variant] = {"grid": rows, "pick": best["learning_rate"], "epochs": config.epochs,
+    # a later call adds its rates to the variant's grid (a rate run again replaces its row)
+    done = {r["learning_rate"] for r in rows}
+    key = args.variant + ("_lora_only" if args.lora_only else "")
+    rows = sorted([r for r in old.get(key, {}).get("grid", [])
+                   if r["learning_rate"] not in done] + rows, key=lambda r: r["learning_rate"])
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["learning_rate"]))
+    old[key] = {"grid": rows, "pick": best["learning_rate"], "epochs": config.epochs,
                          "batch": config.batch_size, "val_tasks": len(val), "base": str(base)}
     path.write_text(json.dumps(old, indent=1))
     lines = ["| variant | learning rate | val accuracy (95% interval) | format | "
