@@ -663,6 +663,18 @@ def is_openai_url(base_url: str | None) -> bool:
     return url.scheme == "https" and (url.hostname or "").lower() == OPENAI_API_HOST
 
 
+def _env_or_typed(name: str, prompt: bool) -> Secret | None:
+    """The key in environment variable ``name``, else (``prompt``) one typed in, else None."""
+    value = os.environ.get(name, "").strip()
+    if value:
+        return Secret(value, name)
+    if prompt:
+        value = getpass.getpass(f"{name} (input hidden, not saved): ").strip()
+        if value:
+            return Secret(value, "typed in")
+    return None
+
+
 def resolve_api_key(
     base_url: str | None = None,
     *,
@@ -698,25 +710,17 @@ def resolve_api_key(
             raise RuntimeError("api_key is empty: pass the key, or leave api_key=None")
         return Secret(secret.reveal(), "api_key")
     if api_key_env:
-        value = os.environ.get(api_key_env, "").strip()
-        if value:
-            return Secret(value, api_key_env)
-        if prompt:
-            value = getpass.getpass(f"{api_key_env} (input hidden, not saved): ").strip()
-            if value:
-                return Secret(value, "typed in")
+        found = _env_or_typed(api_key_env, prompt)
+        if found is not None:
+            return found
         raise RuntimeError(
             f"no API key: api_key_env={api_key_env!r} is named but that environment variable "
             "is not set: export it (or a Colab secret), or pass prompt_for_key=True"
         )
     if is_openai_url(base_url):
-        value = os.environ.get(OPENAI_KEY_ENV, "").strip()
-        if value:
-            return Secret(value, OPENAI_KEY_ENV)
-        if prompt:
-            value = getpass.getpass(f"{OPENAI_KEY_ENV} (input hidden, not saved): ").strip()
-            if value:
-                return Secret(value, "typed in")
+        found = _env_or_typed(OPENAI_KEY_ENV, prompt)
+        if found is not None:
+            return found
         raise RuntimeError(
             f"no API key: set the environment variable {OPENAI_KEY_ENV} (e.g. in a Colab "
             "secret), pass prompt_for_key=True to type it in, or use the local teacher "

@@ -133,11 +133,9 @@ def _expand(processor, text: str) -> str:
     return text.replace("<image>", image_seq, 1)
 
 
-def make_batch(processor, examples: list[tuple[synth.Task, str, str]]) -> dict[str, torch.Tensor]:
-    """Tokenized (prompt + target + end) with labels on the target only, plus pixels."""
-    tok = processor.tokenizer
-    prompts = [_expand(processor, models.chat_prompt(processor, q)) for _, q, _ in examples]
-    full = [p + " " + t + tok.eos_token for p, (_, _, t) in zip(prompts, examples, strict=True)]
+def _tokenize(tok, prompts: list[str], targets: list[str]):
+    """``prompt + " " + target + end`` for each row, right-padded, labels on the target only."""
+    full = [p + " " + t + tok.eos_token for p, t in zip(prompts, targets, strict=True)]
     tok.padding_side = "right"
     batch = tok(full, return_tensors="pt", padding=True, add_special_tokens=False)
     labels = batch["input_ids"].clone()
@@ -145,6 +143,13 @@ def make_batch(processor, examples: list[tuple[synth.Task, str, str]]) -> dict[s
     for i, p in enumerate(prompts):
         labels[i, :len(tok(p, add_special_tokens=False)["input_ids"])] = -100
     batch["labels"] = labels
+    return batch
+
+
+def make_batch(processor, examples: list[tuple[synth.Task, str, str]]) -> dict[str, torch.Tensor]:
+    """Tokenized (prompt + target + end) with labels on the target only, plus pixels."""
+    prompts = [_expand(processor, models.chat_prompt(processor, q)) for _, q, _ in examples]
+    batch = _tokenize(processor.tokenizer, prompts, [t for _, _, t in examples])
     batch.update(pixel_batch([task.get_image() for task, _, _ in examples], is_tiled(processor)))
     return batch
 
@@ -163,19 +168,10 @@ def worked_answer(task: synth.Task) -> str:
 
 def make_text_batch(processor, examples: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
     """Tokenized text-only (question, target) pairs, labels on the target only, no pixels."""
-    tok = processor.tokenizer
     prompts = [processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "text", "text": q}]}], add_generation_prompt=True)
         for q, _ in examples]
-    full = [p + " " + t + tok.eos_token for p, (_, t) in zip(prompts, examples, strict=True)]
-    tok.padding_side = "right"
-    batch = tok(full, return_tensors="pt", padding=True, add_special_tokens=False)
-    labels = batch["input_ids"].clone()
-    labels[batch["attention_mask"] == 0] = -100
-    for i, p in enumerate(prompts):
-        labels[i, :len(tok(p, add_special_tokens=False)["input_ids"])] = -100
-    batch["labels"] = labels
-    return dict(batch)
+    return dict(_tokenize(processor.tokenizer, prompts, [t for _, t in examples]))
 
 
 def per_sample_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
