@@ -79,7 +79,8 @@ class ExperimentConfig:
     #: traces, 8 epochs, batch 4, LoRA r=64 + lm_head) for the tiled base of 2026-12-06.
     #: Direct SFT, val accuracy: 2.5e-4 -> 43.3%, 5e-4 -> 40.0%, 1e-3 -> 33.3%, 2e-3 -> 18.3%
     #: (its training loss rose: 0.86 -> 1.06). CoT SFT: 2.5e-4 -> 11.7% (format 56.7%), 5e-4 ->
-    #: 15.0% (78.3%), 1e-3 -> 18.3% (88.3%). With 60 tasks an accuracy is uncertain by about
+    #: 15.0% (78.3%), 1e-3 -> 18.3% (88.3%); LoRA alone (no lm_head) at 2e-3 -> 16.7% (81.7%,
+    #: loss 5.39 -> 1.07). With 60 tasks an accuracy is uncertain by about
     #: +-12 points: the grid separates the diverging rate, not its neighbours. (The earlier
     #: base's tuning, by format compliance: 8 epochs, lr 2e-3 -> 95-99%; 7 epochs -> 92%.)
     epochs: float = 8.0
