@@ -490,14 +490,9 @@ def base_controls(model, processor, test: Sequence, config: ExperimentConfig,
     among the training tasks."""
     from cotlib import evaluate
 
-    def answer(tasks, images):
-        out = []
-        for first in range(0, len(tasks), config.answer_batch):
-            out += answer_freely(model, processor, tasks[first:first + config.answer_batch],
-                                 config.direct_max_new_tokens,
-                                 batch_size=config.answer_batch,
-                                 images=images[first:first + config.answer_batch]).outputs
-        return out
+    def answer(tasks, images):  # answer_freely batches them itself
+        return answer_freely(model, processor, tasks, config.direct_max_new_tokens,
+                             batch_size=config.answer_batch, images=images).outputs
 
     found = evaluate.controls(answer, list(test), name="base",
                               conditions=("shuffled", "blank"), seed=config.seed,
@@ -656,14 +651,7 @@ def subset(result: EvalResult, task_types: Sequence[str]) -> EvalResult:
     rows = [row for row in result.rows if row["task_type"] in task_types]
     if not rows:
         raise ValueError(f"{result.name!r} answered no task of the types {list(task_types)}")
-    n = len(rows)
-    return EvalResult(
-        name=result.name, n=n, accuracy=round(sum(r["correct"] for r in rows) / n, 4),
-        by_type={k: v for k, v in result.by_type.items() if k in task_types},
-        format_rate=round(sum(r["well_formed"] for r in rows) / n, 4),
-        mean_tokens=round(sum(r["tokens"] for r in rows) / n, 2),
-        mean_seconds=round(sum(r["seconds"] for r in rows) / n, 4), rows=rows,
-        note=f"{result.note}; the {', '.join(task_types)} tasks only")
+    return _rescored(result, rows, f"the {', '.join(task_types)} tasks only")
 
 
 def reading(results: Sequence[EvalResult]) -> list[str]:
@@ -688,20 +676,21 @@ def reading(results: Sequence[EvalResult]) -> list[str]:
 
     base, direct, cot, beam = results[:4]
 
-    def compare(a: EvalResult, b: EvalResult, what: str) -> str:
+    def compare(a: EvalResult, b: EvalResult, what: str, paired=None) -> str:
         tok = _ratio(a.mean_tokens, b.mean_tokens)
         sec = _ratio(a.mean_seconds, b.mean_seconds)
+        paired = paired or evaluate.paired_comparison(a, b)
         return (f"{what}: {a.accuracy:.1%} vs {b.accuracy:.1%} at {tok} the generated tokens and "
-                f"{sec} the seconds per answer. " + evaluate.paired_comparison(a, b).sentence())
+                f"{sec} the seconds per answer. " + paired.sentence())
 
+    paired = evaluate.paired_comparison(cot, direct)
     lines = [compare(direct, base, "Direct SFT vs the base"),
-             compare(cot, direct, "CoT SFT vs direct SFT")]
+             compare(cot, direct, "CoT SFT vs direct SFT", paired)]
     kinds = [k for k in MULTI_STEP if k in cot.by_type and k in direct.by_type]
     if kinds:
         multi = evaluate.paired_comparison(subset(cot, kinds), subset(direct, kinds))
         lines.append(f"On the multi-step types ({', '.join(kinds)}; {multi.n} tasks): "
                      + multi.sentence())
-    paired = evaluate.paired_comparison(cot, direct)
     if paired.supported:
         lines.append(
             "Here reasoning paid: the CoT adapter answers more tasks correctly than the "
@@ -742,6 +731,12 @@ def same_tasks(result: EvalResult, other: EvalResult) -> EvalResult:
         return result
     ids = {row["task_id"] for row in other.rows}
     rows = [row for row in result.rows if row["task_id"] in ids]
+    return _rescored(result, rows, f"on the {len(rows)} tasks of {other.name}")
+
+
+def _rescored(result: EvalResult, rows: list[dict], what: str) -> EvalResult:
+    """``result``'s scores recomputed on ``rows`` (a part of its per-task rows); ``what`` is
+    added to its note."""
     by_type: dict[str, list[bool]] = {}
     for row in rows:
         by_type.setdefault(row["task_type"], []).append(row["correct"])
@@ -752,7 +747,7 @@ def same_tasks(result: EvalResult, other: EvalResult) -> EvalResult:
         format_rate=round(sum(r["well_formed"] for r in rows) / n, 4),
         mean_tokens=round(sum(r["tokens"] for r in rows) / n, 2),
         mean_seconds=round(sum(r["seconds"] for r in rows) / n, 4), rows=rows,
-        note=f"{result.note}; on the {n} tasks of {other.name}")
+        note=f"{result.note}; {what}")
 
 
 def _format_check(results: Sequence[EvalResult]) -> list[str]:
@@ -784,6 +779,8 @@ def write_report(experiment: Experiment) -> Path:
 
     run, results, info = experiment.run, experiment.results, experiment.info
     evaluate.save_results(results, run / "eval.json")
+    if experiment.controls:
+        evaluate.save_results(list(experiment.controls.values()), run / "controls.json")
     (run / "experiment.json").write_text(json.dumps(info, indent=1, default=str))
     for name, plot in (("overhead.png", evaluate.plot_overhead),
                        ("by_type.png", evaluate.plot_by_type)):
@@ -860,7 +857,6 @@ def _controls_section(experiment: Experiment) -> list[str]:
 
     if not experiment.controls:
         return []
-    evaluate.save_results(list(experiment.controls.values()), experiment.run / "controls.json")
     c = experiment.controls
     gap = 100 * (c["real"].accuracy - c["blank"].accuracy) if "blank" in c else float("nan")
     return [

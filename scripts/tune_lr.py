@@ -22,16 +22,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from cotlib import env, evaluate, experiment, synth, train
+from cotlib import data, env, evaluate, experiment, synth, train
 
 
 def prepare(run: Path, config: experiment.ExperimentConfig) -> dict:
     """Tasks, traces, verdicts and both datasets, made once per run folder and reused."""
-    from datasets import load_from_disk
-
     if (run / "dataset_direct").exists() and (run / "dataset").exists():
-        return {"cot": load_from_disk(str(run / "dataset"))["train"],
-                "direct": load_from_disk(str(run / "dataset_direct"))["train"]}
+        return {"cot": data.load(run / "dataset")["train"],
+                "direct": data.load(run / "dataset_direct")["train"]}
     tasks, _ = experiment.prepare_tasks(run, config)
     records = experiment.make_traces(tasks, run, config)
     return experiment.filter_and_build(records, tasks, run)
