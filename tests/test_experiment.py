@@ -155,11 +155,3 @@ def test_same_tasks_rescores_on_a_subset():
     sub = experiment.same_tasks(full, beam)
     assert sub.n == 4 and sub.accuracy == 0.5
     assert experiment.same_tasks(full, full) is full
-
-
-def test_module_doctests():
-    import doctest
-
-    for module in (experiment, evaluate):
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -346,12 +346,3 @@ def test_hedging_exercise_checker(capsys):
 
     assert not filtering.check_hedging_exercise(stub)
     assert "not done yet" in capsys.readouterr().out
-
-
-def test_module_doctests():
-    import doctest
-
-    from cotlib import filtering
-
-    result = doctest.testmod(filtering, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -238,12 +238,3 @@ def test_matcher_finishes_on_adversarial_input(text):
     assert isinstance(normalize_answer(text), str)
     answers_match(text, "3")
     answers_match(text, "blue", COLOURS, "B")
-
-
-def test_module_doctests():
-    import doctest
-
-    from cotlib import normalize
-
-    result = doctest.testmod(normalize, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

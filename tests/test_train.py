@@ -513,13 +513,6 @@ def test_accelerate_launch_two_cpu_processes(traces, tiny_cache, tmp_path):
     assert card["settings"]["group_by_length"] is True
 
 
-def test_module_doctests(tiny_cache):
-    import doctest
-
-    result = doctest.testmod(train, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 15
-
-
 def test_resume_skips_checkpoints_a_kill_left_incomplete(traces, tiny_cache, tmp_path, capsys):
     """A kill during a save leaves an empty or half-written checkpoint beside a complete one:
     resume takes the newest complete one, says which it skipped and why, and goes on."""

@@ -1,0 +1,39 @@
+"""Every docstring example in ``cotlib`` runs: one test per module, found by walking the package,
+so a new module's examples run without a line here."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import cotlib
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(cotlib.__path__, prefix="cotlib."))
+
+
+def test_the_walk_finds_the_package():
+    """The parametrisation below is only as good as the walk: it must see the modules."""
+    assert {"cotlib.stages", "cotlib.models", "cotlib.train", "cotlib.infer"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_doctests(name, tiny_cache, tmp_path, monkeypatch, capsys):
+    """``name``'s examples pass (ELLIPSIS on, as in the docstrings); run folders go to a temporary
+    place and tiny models to the session's cache, so no example writes into the clone."""
+    monkeypatch.setenv("COTLIB_RUNS", str(tmp_path / "runs"))
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, report=True)
+    report = capsys.readouterr().out
+    assert result.failed == 0, (
+        f"{name}: {result.failed} of {result.attempted} examples failed\n{report}")
+
+
+def test_most_modules_have_examples():
+    """Examples are the modules' documentation: a module without any is the exception."""
+    finder = doctest.DocTestFinder()
+    without = [name for name in MODULES
+               if not any(t.examples for t in finder.find(importlib.import_module(name)))]
+    assert len(without) <= len(MODULES) // 4, f"modules without examples: {without}"
