@@ -475,7 +475,7 @@ def test_image_tokens_follow_each_models_billing_rule():
     assert teacher.image_tokens("gpt-4.1-nano", detail="low") == int(36 * 2.46)
     assert teacher.image_tokens("gpt-4.1-mini", 8000, 8000) <= int(1536 * 1.62)
     for model in teacher.PRICES:  # every priced model has a rule (or is the free local one)
-        assert model == LOCAL or teacher._rule_for(model) is not None, model
+        assert model == LOCAL or teacher.cost._rule_for(model) is not None, model
     # the course's 192-px scene costs TWICE as much on gpt-4o-mini as on gpt-4o at list prices
     image_usd = {m: teacher.image_tokens(m) * teacher.PRICES[m][0] / 1e6
                  for m in ("gpt-4o", "gpt-4o-mini")}
@@ -583,7 +583,7 @@ def test_get_api_key_sources(monkeypatch):
     with pytest.raises(RuntimeError, match="COTLIB_TEST_KEY") as err:
         teacher.get_api_key("COTLIB_TEST_KEY")
     assert "sk-" not in str(err.value)
-    monkeypatch.setattr(teacher.getpass, "getpass", lambda prompt: "sk-" + "typed-in-key-123456789")
+    monkeypatch.setattr(teacher.client.getpass, "getpass", lambda prompt: "sk-" + "typed-in-key-123456789")
     assert teacher.get_api_key("COTLIB_TEST_KEY", prompt=True).reveal().startswith("sk-typed")
     monkeypatch.setenv("COTLIB_TEST_KEY", "sk-from-env")
     assert teacher.get_api_key("COTLIB_TEST_KEY").reveal() == "sk-from-env"
