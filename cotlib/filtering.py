@@ -589,17 +589,18 @@ def judge_with_teacher(config: Any, *, concurrency: int | None = None) -> Check:
     the local teacher) whether the CONCLUSION is valid against the standard answer.
 
     Reasons: ``judge:invalid`` (the judge said so), ``judge:unclear`` (neither word in the
-    reply), ``judge:error`` (the call failed after the client's retries). Tasks with no
-    standard answer are not judged. ``filter_traces`` calls it only on traces that passed every
-    other check, ``concurrency`` (default: the config's) at a time.
+    reply), ``judge:error`` (the call failed after ``config.max_retries`` retries, under the
+    teacher run's own retry policy: :func:`cotlib.teacher.replies.complete_with_retries`).
+    Tasks with no standard answer are not judged. ``filter_traces`` calls it only on traces
+    that passed every other check, ``concurrency`` (default: the config's) at a time.
     """
     import openai
 
     from cotlib import teacher
 
     key = teacher.key_for(config)  # OpenAI's key goes to OpenAI only (resolve_api_key)
-    client = teacher.openai_client(config, key=key, max_retries=config.max_retries,
-                                   timeout=config.timeout_s)
+    # the SDK's retries off: the teacher's policy retries (also a malformed 200)
+    client = teacher.openai_client(config, key=key, max_retries=0, timeout=config.timeout_s)
 
     def judge(record: Mapping, task: Any) -> tuple[str, str] | None:
         if task is None or getattr(task, "answer", None) in (None, ""):
@@ -608,15 +609,12 @@ def judge_with_teacher(config: Any, *, concurrency: int | None = None) -> Check:
             record.get("text") or "")
         letter = getattr(task, "answer_letter", None)
         standard = letter if getattr(task, "choices", None) and letter else task.answer
+        messages = judge_messages(conclusion, standard)
         try:
-            response = client.chat.completions.create(
-                model=config.model, messages=judge_messages(conclusion, standard),
-                max_tokens=8, temperature=0,
-            )
+            reply = teacher.complete_with_retries(lambda: client.chat.completions.create(
+                model=config.model, messages=messages, max_tokens=8, temperature=0), config).text
         except openai.OpenAIError as err:
             return "judge:error", teacher.redact(f"{type(err).__name__}: {err}", key)[:300]
-        try:
-            reply = teacher.read_reply(response).text
         except teacher.BadResponse as err:
             return "judge:error", teacher.redact(f"bad_response:{err.kind}: {err}", key)[:300]
         verdict = parse_judge_reply(reply)

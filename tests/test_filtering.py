@@ -311,6 +311,56 @@ def test_judge_with_teacher_sends_text_only_requests_and_rejects_invalid():
     assert any(t.endswith(f"Standard answer: {MC.answer_letter}") for t in sent_texts)
 
 
+class _FlakyJudgeHandler(_JudgeHandler):
+    """The judge above, but the first requests get the planned faults: "html" (a 200 that is
+    not a completion), "500" or "429" (with a 10 ms Retry-After)."""
+
+    plan: list = []
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        if not self.plan:
+            return super().do_POST()
+        fault = self.plan.pop(0)
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.seen.append(json.loads(body))
+        out = b"<html>proxy login</html>" if fault == "html" else b'{"error": {}}'
+        self.send_response({"html": 200, "500": 500, "429": 429}[fault])
+        self.send_header("content-type", "text/html" if fault == "html" else "application/json")
+        if fault == "429":
+            self.send_header("retry-after-ms", "10")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+@pytest.mark.parametrize("max_retries, reason, requests", [
+    (3, "kept", 4),  # html, 500, 429, then the answer
+    (1, "judge:error", 2),  # html, 500: out of retries
+])
+def test_judge_retries_by_the_teachers_policy(max_retries, reason, requests):
+    """One retry policy: the judge retries a malformed 200, a 500 and a 429 as a teacher run does
+    (the SDK's own retries would not retry the 200), and counts them against max_retries."""
+    _FlakyJudgeHandler.plan = ["html", "500", "429"]
+    _FlakyJudgeHandler.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyJudgeHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = teacher.TeacherConfig(model="judge", base_url=f"http://127.0.0.1:"
+                                       f"{server.server_address[1]}/v1",
+                                       max_retries=max_retries, backoff_base_s=0.001)
+        judge = filtering.judge_with_teacher(config)
+        (verdict,) = filter_traces([record(COUNT, stages.render_dict(_good(COUNT)))], [COUNT],
+                                   checks=[], judge=judge, allow_empty=True)
+        judge.close()
+    finally:
+        server.shutdown()
+    assert verdict.reason == reason, verdict.details
+    assert len(_FlakyJudgeHandler.seen) == requests
+    if reason == "judge:error":
+        assert verdict.details[reason].startswith("InternalServerError"), verdict.details
+
+
 def test_judge_against_the_local_teacher():
     with teacher_server.LocalTeacher() as server:
         config = teacher.TeacherConfig(model=teacher.LOCAL_MODEL, base_url=server.base_url,

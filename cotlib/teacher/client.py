@@ -35,7 +35,9 @@ class TeacherConfig:
     api_key: Secret | str | None = field(default=None, repr=False)  # explicit; kept as Secret
     mode: str = "conditioned"  # or "blind"
     concurrency: int = 8  # requests in flight at once
-    max_retries: int = 4  # retries after the first attempt (429, 5xx, timeouts, connection)
+    # retries after the first attempt (429, 5xx, timeouts, connection, a malformed 200), by our
+    # own policy (cotlib.teacher.run.call_with_retries says why not the SDK's)
+    max_retries: int = 4
     timeout_s: float = 60.0  # per attempt, whole request
     backoff_base_s: float = 0.5  # full jitter: sleep uniform(0, min(max, base * 2**retry))
     backoff_max_s: float = 30.0  # also caps a server's Retry-After

@@ -8,7 +8,7 @@ import email.utils
 import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,3 +209,42 @@ def read_reply(response: Any, max_tokens: int | None = None) -> Reply:
     model = field_of(response, "model")
     return Reply(text, *(usage or (0, 0)), finish if isinstance(finish, str) else None,
                  model if isinstance(model, str) else None, usage is not None)
+
+
+def complete_with_retries(
+    call: Callable[[], Any],
+    config: TeacherConfig,
+    *,
+    max_tokens: int | None = None,
+    rng: random.Random | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Reply:
+    """One blocking chat completion under the teacher run's retry policy (the filter's LLM judge
+    uses it): ``call()`` returns a completion, checked by :func:`read_reply`; what
+    :func:`classify_error` calls retryable (429, 5xx, timeouts, connection errors, a malformed
+    200) is retried up to ``config.max_retries`` times after :func:`backoff_s` (the server's
+    ``Retry-After``, capped); anything else, or the last failure, is raised. The client's own
+    retries must be off (``max_retries=0``): one policy, this one (why not the SDK's:
+    :func:`cotlib.teacher.run.call_with_retries`).
+
+    >>> replies = iter([BadResponse("no_choices", "no choices"), {"choices": [
+    ...     {"message": {"content": "valid"}}]}])
+    >>> def call():
+    ...     reply = next(replies)
+    ...     if isinstance(reply, Exception):
+    ...         raise reply
+    ...     return reply
+    >>> complete_with_retries(call, TeacherConfig(max_retries=1), sleep=lambda s: None).text
+    'valid'
+    """
+    rng = rng or random.Random()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return read_reply(call(), max_tokens)
+        except Exception as err:
+            _, retryable = classify_error(err)
+            if not retryable or attempt > config.max_retries:
+                raise
+            sleep(backoff_s(attempt, config, rng, retry_after_s(err)))

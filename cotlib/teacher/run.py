@@ -259,11 +259,27 @@ async def call_with_retries(
     state: RunState | None = None,
     worst_case_usd: float = 0.0,
 ) -> tuple[Reply | None, int, tuple[str, BaseException] | None, float]:
-    """One chat completion with our own retries (the client's are off, so attempts can be
-    counted): ``(reply, attempts, None, cost)`` or ``(None, attempts, (reason, error), cost)``.
-    Each attempt first reserves ``worst_case_usd`` in ``state``'s budget; none is sent when it
-    does not fit (reason ``budget``). A malformed 200 (:class:`BadResponse`) is retried like a
-    500. ``cost`` sums what every attempt cost."""
+    """One chat completion with the run's retries: ``(reply, attempts, None, cost)`` or
+    ``(None, attempts, (reason, error), cost)``. Each attempt first reserves ``worst_case_usd``
+    in ``state``'s budget; none is sent when it does not fit (reason ``budget``). A malformed 200
+    (:class:`BadResponse`) is retried like a 500. ``cost`` sums what every attempt cost. The
+    policy (:func:`classify_error`, :func:`backoff_s`, :func:`retry_after_s`) is the one the
+    filter's judge uses too (:func:`complete_with_retries`).
+
+    Why this loop and not the ``openai`` SDK's retries (the client's are off, ``max_retries=0``).
+    Measured with openai 3.57 against two small local servers, 1 s timeout, 4 retries:
+
+    - the SDK retries by HTTP status and transport error only. A 200 whose body is not a
+      completion (a proxy's HTML page) is a success to it: 1 request sent, ``create()``
+      returned a ``str``. The teacher-robustness issue needs it retried like a 500; this loop
+      sent 5 requests and recorded ``bad_response:not_a_completion``. A run needs its own loop
+      for those anyway, and one loop for every failure keeps one attempt count, one backoff and
+      one budget reservation per attempt;
+    - the SDK's retries hide the first timeout: against a server that accepts and never
+      answers, its first error came after 11.6 s (5 attempts of 1 s plus backoff; about 5 min
+      per task at the default 60 s). Fail-fast must see that first timeout to probe the server
+      at once (``RunState.after_timeout``; tests/test_faults.py stops within 10 s).
+    """
     import openai
 
     state = state or RunState(url=effective_base_url(config.base_url),
