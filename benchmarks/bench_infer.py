@@ -54,7 +54,7 @@ def build_smolvlm_256m(device: str, dtype):
         do_image_splitting=True,
     )
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok,
-                                  image_seq_len=64, chat_template=models.IDEFICS3_CHAT_TEMPLATE)
+                                  image_seq_len=64, chat_template=tiny.chat_template)
     config = Idefics3Config(
         text_config=dict(
             model_type="llama", vocab_size=49280, hidden_size=576, intermediate_size=1536,

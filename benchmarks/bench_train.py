@@ -71,7 +71,7 @@ def build_smolvlm(name: str, folder: Path, device: str) -> Path:
         image_processor=Idefics3ImageProcessorPil(
             size={"longest_edge": 2048}, max_image_size={"longest_edge": 512},
             do_image_splitting=True),
-        tokenizer=tok, image_seq_len=64, chat_template=models.IDEFICS3_CHAT_TEMPLATE)
+        tokenizer=tok, image_seq_len=64, chat_template=tiny.chat_template)
     config = Idefics3Config(
         text_config=dict(
             model_type="llama", vocab_size=49280, head_dim=64, max_position_embeddings=8192,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cotlib import env
+from cotlib import env, families
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--run", default="demo", help="run folder name under runs/ (default: demo)")
     demo.add_argument("--base", default=None,
                       help="base model folder (default: data/base, the shipped base); "
-                           "tiny-idefics3 / tiny-qwen2_vl build a random tiny model")
+                           + " / ".join(f"tiny-{f}" for f in families.names())
+                           + " build a random tiny model")
     demo.add_argument("--tasks", type=int, default=None,
                       help="test tasks to answer (default: all 120 of data/tasks/test)")
     demo.add_argument("--beam-tasks", type=int, default=None,
@@ -137,8 +138,8 @@ def demo(run: str = "demo", *, base: str | None = None, n_tasks: int | None = No
 
         family = config.base[len("tiny-"):]
         if family not in models.FAMILIES:
-            print(f"error: unknown tiny family {family!r}; use tiny-idefics3 or tiny-qwen2_vl",
-                  file=sys.stderr)
+            use = " or ".join(f"tiny-{f}" for f in models.FAMILIES)
+            print(f"error: unknown tiny family {family!r}; use {use}", file=sys.stderr)
             return 1
         config = replace(config, base=str(models.tiny(family)))
     mode = "fast mode (seconds-scale settings)" if fast else "the demo's settings"

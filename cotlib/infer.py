@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cotlib import models, stages
+from cotlib import families, models, stages
 
 # -----------------------------------------------------------------------------
 # the text format, taken from cotlib.stages so training data and decoding agree
@@ -345,11 +345,25 @@ def _pad_id(processor) -> int:
 
 
 def _rope_owner(model):
-    """The submodule that keeps Qwen-VL's ``rope_deltas`` (None for 1-D rotary models)."""
+    """The submodule that keeps Qwen-VL's ``rope_deltas`` (None for 1-D rotary models: a
+    registered family without ``rope_deltas``, or a model with no such submodule)."""
+    family = families.find(model)
+    if family is not None and not family.rope_deltas:
+        return None
     for module in model.modules():
         if hasattr(module, "rope_deltas") and hasattr(module, "get_rope_index"):
             return module
     return None
+
+
+def _extend_token_inputs(model, kwargs: dict, extra) -> None:
+    """Extend the per-token inputs of ``model``'s family (Qwen-VL's ``mm_token_type_ids``) in
+    ``kwargs`` with zeros for the appended tokens ``extra`` (a (B, n) tensor), in place."""
+    import torch
+
+    for key in families.token_inputs(model):
+        if key in kwargs:
+            kwargs[key] = torch.cat([kwargs[key], torch.zeros_like(extra)], dim=1)
 
 
 def _cache_kwarg(model) -> str:
@@ -407,9 +421,7 @@ def _prefill(state: DecodeState, chunks: Sequence[Sequence[int]]):
     t0 = time.perf_counter()
     cache = DynamicCache()
     if owner is not None:  # Qwen-VL: the model computes 3-D positions and its rope_deltas
-        if "mm_token_type_ids" in kwargs:
-            kwargs["mm_token_type_ids"] = torch.cat(
-                [kwargs["mm_token_type_ids"], torch.zeros_like(extra_ids)], dim=1)
+        _extend_token_inputs(model, kwargs, extra_ids)
         saved, owner.rope_deltas = owner.rope_deltas, None
         try:
             out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1,
@@ -940,9 +952,7 @@ def memorise(
     extra = torch.tensor([answer], device=device)
     ids = torch.cat([batch["input_ids"], extra], dim=1)
     kwargs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
-    if "mm_token_type_ids" in kwargs:
-        kwargs["mm_token_type_ids"] = torch.cat(
-            [kwargs["mm_token_type_ids"], torch.zeros_like(extra)], dim=1)
+    _extend_token_inputs(model, kwargs, extra)
     labels = ids.clone()
     labels[:, : batch["input_ids"].shape[1]] = -100
     owner = _rope_owner(model)

@@ -7,8 +7,11 @@ the family's special tokens and chat template, a tiny config — saves it with `
 and the same ``load()`` reads it back. Lessons and tests therefore run the real loading code.
 
 >>> from cotlib import models
->>> sorted(models.FAMILIES)
-['idefics3', 'qwen2_vl']
+>>> models.FAMILIES
+('idefics3', 'qwen2_vl', 'llava')
+
+What differs between families (builders, module layout, image sizing) lives in
+:mod:`cotlib.families`, one entry each.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cotlib import env
+from cotlib import env, families
 
-FAMILIES = ("idefics3", "qwen2_vl")
+#: The registered model families (:data:`cotlib.families.REGISTRY`).
+FAMILIES = families.names()
 
 #: Default image size for the tiny models (synthetic scenes are 192 px squares).
 TINY_IMAGE_SIZE = 192
@@ -160,36 +164,6 @@ def load(
 # Tiny offline models
 # --------------------------------------------------------------------------------------------
 
-IDEFICS3_SPECIALS = (
-    ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
-     "<image>", "<global-img>"]
-    + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
-)
-QWEN2_VL_SPECIALS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|image_pad|>", "<|video_pad|>",
-]
-
-# SmolVLM's chat template shape: "<|im_start|>User:<image>question<end_of_utterance>\nAssistant:"
-IDEFICS3_CHAT_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
-    "{% if message['content'] is string %}{{ ': ' + message['content'] }}{% else %}"
-    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
-    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}{% endif %}"
-    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
-# Qwen2-VL's chat template shape (no default system prompt in the tiny twin).
-QWEN2_VL_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}"
-    "<|vision_start|><|image_pad|><|vision_end|>{% elif part['type'] == 'text' %}"
-    "{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 @dataclass(frozen=True)
 class TinySpec:
     """Sizes of a tiny model. The defaults train a step in well under a second on a CPU."""
@@ -201,7 +175,7 @@ class TinySpec:
     vision_hidden: int = 64
     vision_layers: int = 2
     image_size: int = TINY_IMAGE_SIZE
-    patch_size: int = 16  # idefics3; qwen2_vl always uses 14 px patches merged 2x2
+    patch_size: int = 16  # idefics3 (llava: twice this); qwen2_vl: always 14 px, merged 2x2
     vocab_size: int = 1024
 
 
@@ -258,111 +232,6 @@ def _train_tokenizer(specials: list[str], vocab_size: int, corpus: list[str]):
     return tok
 
 
-def _build_idefics3(spec: TinySpec, corpus: list[str]):
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import (
-        Idefics3ImageProcessorPil,
-    )
-    from transformers.tokenization_utils_tokenizers import TokenizersBackend
-
-    tok = TokenizersBackend(
-        tokenizer_object=_train_tokenizer(IDEFICS3_SPECIALS, spec.vocab_size, corpus),
-        bos_token="<|im_start|>", eos_token="<end_of_utterance>",
-        pad_token="<|endoftext|>", unk_token="<|endoftext|>",
-    )
-    scale = 2
-    patches = (spec.image_size // spec.patch_size) ** 2
-    image_processor = Idefics3ImageProcessorPil(
-        size={"longest_edge": spec.image_size},
-        max_image_size={"longest_edge": spec.image_size},
-        do_image_splitting=False,
-    )
-    processor = Idefics3Processor(
-        image_processor=image_processor, tokenizer=tok,
-        image_seq_len=patches // scale**2, chat_template=IDEFICS3_CHAT_TEMPLATE,
-    )
-    config = Idefics3Config(
-        text_config=dict(
-            model_type="llama", vocab_size=len(tok), hidden_size=spec.hidden,
-            intermediate_size=spec.hidden * 2, num_hidden_layers=spec.layers,
-            num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
-            max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-            tie_word_embeddings=False,
-        ),
-        vision_config=dict(
-            hidden_size=spec.vision_hidden, intermediate_size=spec.vision_hidden * 2,
-            num_hidden_layers=spec.vision_layers, num_attention_heads=spec.heads,
-            image_size=spec.image_size, patch_size=spec.patch_size,
-        ),
-        scale_factor=scale,
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    return Idefics3ForConditionalGeneration(config), processor
-
-
-def _build_qwen2_vl(spec: TinySpec, corpus: list[str]):
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
-    from transformers.tokenization_utils_tokenizers import TokenizersBackend
-
-    try:
-        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-        Qwen2VLVideoProcessor()
-    except ImportError as err:  # torchvision missing
-        raise ModelLoadError(
-            "Qwen-VL processors need torchvision in transformers 5. Install it: "
-            "pip install torchvision (a build matching your torch)."
-        ) from err
-
-    tok = TokenizersBackend(
-        tokenizer_object=_train_tokenizer(QWEN2_VL_SPECIALS, spec.vocab_size, corpus),
-        eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
-    )
-    pixels = dict(min_pixels=56 * 56, max_pixels=(spec.image_size + 28) ** 2)
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=14, merge_size=2, temporal_patch_size=2, **pixels
-    )
-    video_processor = Qwen2VLVideoProcessor(
-        patch_size=14, merge_size=2, temporal_patch_size=2, **pixels
-    )
-    processor = Qwen2VLProcessor(
-        image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
-        chat_template=QWEN2_VL_CHAT_TEMPLATE,
-    )
-    head_dim = spec.hidden // spec.heads
-    half = head_dim // 2  # mrope_section must sum to head_dim / 2
-    section = [half - 2 * (half // 3), half // 3, half // 3]
-    ids = {name: tok.convert_tokens_to_ids(tokn) for name, tokn in (
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"),
-        ("vision_end_token_id", "<|vision_end|>"))}
-    config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.hidden * 2,
-            num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads, max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "mrope_section": section,
-                             "rope_theta": 10000.0},
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
-            tie_word_embeddings=False,
-        ),
-        vision_config=dict(
-            depth=spec.vision_layers, embed_dim=spec.vision_hidden, hidden_size=spec.hidden,
-            mlp_ratio=2, num_heads=spec.heads, patch_size=14, spatial_merge_size=2,
-            temporal_patch_size=2, in_chans=3,
-        ),
-        tie_word_embeddings=False,
-        **ids,
-    )
-    return Qwen2VLForConditionalGeneration(config), processor
-
-
 def tiny_cache_dir() -> Path:
     """Where tiny models are cached: ``$COTLIB_CACHE`` or ``~/.cache/cotlib``."""
     return Path(os.environ.get("COTLIB_CACHE", Path.home() / ".cache" / "cotlib"))
@@ -390,6 +259,7 @@ def tiny(
 
     if family not in FAMILIES:
         raise ValueError(f"Unknown family {family!r}; choose one of {FAMILIES}.")
+    entry = families.get(family)
     corpus = course_corpus()
     key = hashlib.sha256(
         json.dumps([family, asdict(spec), seed, corpus], sort_keys=True).encode()
@@ -398,8 +268,11 @@ def tiny(
     if (target / "cotlib_tiny.json").exists() and not rebuild:
         return target
     torch.manual_seed(seed)
-    build = _build_idefics3 if family == "idefics3" else _build_qwen2_vl
-    model, processor = build(spec, corpus)
+    try:
+        model, processor = entry.build_tiny(
+            spec, _train_tokenizer(list(entry.specials), spec.vocab_size, corpus))
+    except ImportError as err:  # a processor's optional dependency (the message names it)
+        raise ModelLoadError(str(err)) from err
     tok = processor.tokenizer
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -456,7 +329,7 @@ def chat_prompt(processor, question: str) -> str:
 def encode(processor, images: list, texts: list[str], device=None):
     """Tokenize ``texts`` (each holding one image placeholder) with ``images``, padded, as tensors.
 
-    Works for both families (one image per text).
+    Works for every family (one image per text).
 
     >>> _, processor = load(tiny("idefics3"))
     >>> from PIL import Image

@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cotlib import env, models
+from cotlib import env, families, models
 
 # --------------------------------------------------------------------------------------------
 # Which modules LoRA adapts
@@ -62,19 +62,18 @@ LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 VISION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", "proj", "fc1", "fc2",
                       "gate_proj", "up_proj", "down_proj")
 
-#: Language-model-only LoRA targets; matches both families' module names
-#: (Idefics3: ``model.text_model...``, Qwen2-VL: ``model.language_model...``). PEFT applies a
-#: string ``target_modules`` with ``re.fullmatch``.
-LM_TARGET_REGEX = r".*(language_model|text_model).*\.(" + "|".join(LM_PROJECTIONS) + ")"
-VISION_TARGET_REGEX = r".*(vision_model|visual)\..*\.(" + "|".join(VISION_PROJECTIONS) + ")"
+#: Language-model-only LoRA targets; matches every registered family's module names
+#: (Idefics3: ``model.text_model...``, Qwen2-VL and LLaVA: ``model.language_model...``; see
+#: :mod:`cotlib.families`). PEFT applies a string ``target_modules`` with ``re.fullmatch``.
+LM_TARGET_REGEX = (r".*(" + "|".join(families.part_names("language")) + r").*\.("
+                   + "|".join(LM_PROJECTIONS) + ")")
+VISION_TARGET_REGEX = (r".*(" + "|".join(families.part_names("vision")) + r")\..*\.("
+                       + "|".join(VISION_PROJECTIONS) + ")")
 
 #: Where each family keeps its parts (module paths inside ``...ForConditionalGeneration``).
-FAMILY_PARTS: dict[str, dict[str, str]] = {
-    "idefics3": {"language": "model.text_model", "vision": "model.vision_model",
-                 "connector": "model.connector"},
-    "qwen2_vl": {"language": "model.language_model", "vision": "model.visual",
-                 "connector": "model.visual.merger"},
-}
+FAMILY_PARTS: dict[str, dict[str, str]] = {f.name: f.parts for f in families.REGISTRY.values()}
+#: Modules QLoRA keeps unquantised, besides ``lm_head``: every family's vision tower.
+QLORA_SKIP = families.part_names("vision")
 
 
 def is_language_model_target(name: str) -> bool:
@@ -102,20 +101,20 @@ def target_regex(adapt_vision: bool = False) -> str:
 
 
 def family_of(model_or_config) -> str:
-    """``"idefics3"`` (SmolVLM, Idefics3) or ``"qwen2_vl"`` (Qwen2-VL, Qwen2.5-VL) from a config.
+    """The registered family (:mod:`cotlib.families`) of a model or config, by its model type.
 
     >>> from transformers import Qwen2VLConfig
     >>> family_of(Qwen2VLConfig())
     'qwen2_vl'
     """
-    config = getattr(model_or_config, "config", model_or_config)
-    kind = getattr(config, "model_type", "")
-    if kind in ("idefics3", "smolvlm"):
-        return "idefics3"
-    if kind.startswith(("qwen2_vl", "qwen2_5_vl", "qwen3_vl")):
-        return "qwen2_vl"
-    raise TrainError(f"unknown model family {kind!r}; the course supports {models.FAMILIES} "
-                     "(SmolVLM/Idefics3 and Qwen2-VL/Qwen2.5-VL).")
+    family = families.find(model_or_config)
+    if family is None:
+        config = getattr(model_or_config, "config", model_or_config)
+        labels = ", ".join(f.label for f in families.REGISTRY.values())
+        raise TrainError(f"unknown model family {getattr(config, 'model_type', '')!r}; the "
+                         f"course supports {models.FAMILIES} ({labels}). A new family is one "
+                         "entry in cotlib.families.REGISTRY.")
+    return family.name
 
 
 def lora_targets(model, adapt_vision: bool = False) -> list[str]:
@@ -394,7 +393,7 @@ class TrainSettings:
     ``gradient_checkpointing="auto"`` means "from the memory estimate".
     """
 
-    model: str = "smolvlm-256m"  # preset name, hub id, folder, or "tiny-idefics3" / "tiny-qwen2_vl"
+    model: str = "smolvlm-256m"  # preset name, hub id, folder, or "tiny-<family>"
     output_dir: str = "runs/course/adapter"
     preset: str = "auto"
     epochs: float = 1.0
@@ -692,35 +691,31 @@ def as_messages(dataset):
 
 def set_image_size(processor, longest_edge: int | None = None,
                    do_image_splitting: bool | None = None) -> dict[str, Any]:
-    """Set the image size a processor feeds the model; returns what is now in effect.
+    """Set the image size a processor feeds the model; returns what is now in effect. Each
+    family's rule is its ``set_image_size`` in :mod:`cotlib.families`.
 
     Idefics3/SmolVLM: ``longest_edge`` is the resize target before tiling and
     ``do_image_splitting`` switches tiling on/off. Qwen2-VL: ``longest_edge``² is the pixel cap
-    (``max_pixels``); there is no tiling.
+    (``max_pixels``); there is no tiling. LLaVA: the size is fixed by the vision tower.
 
     >>> _, p = models.load(models.tiny("idefics3"))
     >>> set_image_size(p, 192, False)
     {'longest_edge': 192, 'do_image_splitting': False}
     """
-    ip = processor.image_processor
-    if hasattr(ip, "do_image_splitting"):  # Idefics3 / SmolVLM
-        if longest_edge is not None:
-            tile = ip.max_image_size["longest_edge"]
-            if longest_edge < tile:
-                raise TrainError(f"longest_edge {longest_edge} is below this model's tile size "
-                                 f"{tile}; use >= {tile} (or turn tiling off).")
-            ip.size = {"longest_edge": int(longest_edge)}
-        if do_image_splitting is not None:
-            ip.do_image_splitting = bool(do_image_splitting)
-        return {"longest_edge": ip.size["longest_edge"],
-                "do_image_splitting": ip.do_image_splitting}
-    if longest_edge is not None:  # Qwen2-VL family: a pixel budget
-        size = dict(ip.size)
-        size["longest_edge"] = int(longest_edge) ** 2
-        ip.size = size
-        if hasattr(ip, "max_pixels"):
-            ip.max_pixels = int(longest_edge) ** 2
-    return {"longest_edge": int(math.isqrt(ip.size["longest_edge"])), "do_image_splitting": None}
+    family = _processor_family(processor)
+    try:
+        return family.set_image_size(processor, longest_edge, do_image_splitting)
+    except ValueError as err:
+        raise TrainError(str(err)) from None
+
+
+def _processor_family(processor) -> families.Family:
+    family = families.for_processor(processor)
+    if family is None:
+        raise TrainError(f"no registered model family uses {type(processor).__name__}; the "
+                         f"course supports {models.FAMILIES}. A new family is one entry in "
+                         "cotlib.families.REGISTRY.")
+    return family
 
 
 def count_image_tokens(processor, width: int, height: int) -> int:
@@ -768,11 +763,9 @@ def resolve(settings: TrainSettings, processor=None, model_source: str | None = 
     splitting = settings.do_image_splitting
     if not tiny and longest is None and preset.longest_edge is not None:
         longest = preset.longest_edge
-        if processor is not None and not hasattr(processor.image_processor, "do_image_splitting"):
-            # Qwen-VL (one token per 28x28 px): the pixel budget giving as many image tokens as
-            # the preset's SmolVLM setting was sized for.
+        if processor is not None:  # as many image tokens as the preset's SmolVLM setting
             tokens = smolvlm_image_tokens(preset.longest_edge, bool(preset.do_image_splitting))
-            longest = 28 * math.isqrt(tokens)
+            longest = _processor_family(processor).preset_edge(preset.longest_edge, tokens)
     if not tiny and splitting is None:
         splitting = preset.do_image_splitting
     batch = settings.batch_size or preset.batch_size
@@ -830,10 +823,14 @@ def shape_of(model) -> ModelShape:
 
 
 def language_model_of(model):
-    """The decoder (language model) module of a VLM, PEFT-wrapped or not."""
+    """The decoder (language model) module of a VLM, PEFT-wrapped or not: where its family's
+    registry entry says, else a submodule named as some family's is."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    family = families.find(base)
+    if family is not None:
+        return base.get_submodule(family.language)
     inner = getattr(base, "model", base)
-    for name in ("language_model", "text_model"):
+    for name in families.part_names("language"):
         if hasattr(inner, name):
             return getattr(inner, name)
     raise TrainError(f"cannot find the language model inside {type(base).__name__}")
@@ -914,7 +911,7 @@ def load_model(model_source: str, dtype: str, qlora: bool = False):
     compute = env.torch_dtype(dtype)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute,
-                               llm_int8_skip_modules=["vision_model", "visual", "lm_head"])
+                               llm_int8_skip_modules=[*QLORA_SKIP, "lm_head"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     model = AutoModelForImageTextToText.from_pretrained(
         model_source, quantization_config=quant, dtype=compute,
@@ -1463,7 +1460,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save_to_disk folder, or 'synthetic' (traces rendered from the shipped "
                         "train split)")
     p.add_argument("--model", default=TrainSettings.model,
-                   help="preset name, hub id, folder, or tiny-idefics3 / tiny-qwen2_vl")
+                   help="preset name, hub id, folder, or "
+                   + " / ".join(f"tiny-{f}" for f in models.FAMILIES))
     p.add_argument("--output", default=TrainSettings.output_dir)
     p.add_argument("--preset", default="auto", choices=["auto", *PRESETS])
     p.add_argument("--epochs", type=float, default=TrainSettings.epochs)

@@ -73,7 +73,7 @@ def test_separator_and_blocks_match_the_renderer():
 
 def test_answer_lead_follows_the_chat_template(tiny):
     family, _, processor = tiny
-    assert infer.answer_lead(processor) == {"idefics3": " ", "qwen2_vl": ""}[family]
+    assert infer.answer_lead(processor) == {"idefics3": " ", "qwen2_vl": "", "llava": ""}[family]
 
 
 # -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tiny models of both families: build, save, reload, generate from an image, train a step."""
+"""Tiny models of every family: build, save, reload, generate from an image, train a step."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_tokenizer_knows_stage_tags_and_specials(tiny_model):
     assert tok.decode(tok(text)["input_ids"]) == text
     # Stage tags are plain text (not special tokens), as in LLaVA-CoT.
     assert not any(tag in tok.all_special_tokens for tag in ("<SUMMARY>", "</CONCLUSION>"))
-    image_token = "<image>" if family == "idefics3" else "<|image_pad|>"
+    image_token = {"idefics3": "<image>", "qwen2_vl": "<|image_pad|>", "llava": "<image>"}[family]
     assert len(tok(image_token, add_special_tokens=False)["input_ids"]) == 1
     specials = {t.content for t in tok.added_tokens_decoder.values() if t.special}
     assert image_token in specials
