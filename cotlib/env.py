@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import json
 import os
 import platform
 import random
@@ -101,6 +102,85 @@ def run_dir(name: str = "course") -> Path:
     path = runs_dir() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Which teacher's traces a run uses: notebook 02 chooses, notebooks 03 and 04 follow
+# --------------------------------------------------------------------------------------------
+
+#: The teachers notebook 02 can write traces with: cotlib's local one (free, offline, breaks
+#: traces on purpose) or a real one (OpenAI or your own OpenAI-compatible server).
+TEACHERS = ("local", "real")
+#: The file in a run folder that records the teacher chosen in notebook 02 (its
+#: ``USE_REAL_TEACHER`` parameter), read by :func:`trace_files` in notebooks 03 and 04.
+TEACHER_RECORD = "teacher.json"
+
+
+class TracesMissing(FileNotFoundError):
+    """The run uses a teacher whose traces were not written yet; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class TraceFiles:
+    """Where one teacher's traces, and the filter's verdicts on them, live in a run folder."""
+
+    teacher: str  # one of TEACHERS
+    traces: Path  # written by teacher.run_generation (notebook 02)
+    verdicts: Path  # written by filtering.filter_traces(..., out=verdicts) (notebook 03)
+
+
+def _trace_files(run: Path, teacher: str) -> TraceFiles:
+    if teacher not in TEACHERS:
+        raise ValueError(f"unknown teacher {teacher!r}: use one of {TEACHERS}")
+    suffix = "" if teacher == "local" else f"_{teacher}"
+    return TraceFiles(teacher, run / f"traces{suffix}.jsonl", run / f"verdicts{suffix}.jsonl")
+
+
+def use_teacher(run: str | os.PathLike, teacher: str) -> TraceFiles:
+    """Record ``teacher`` as the one whose traces the run folder ``run`` uses, and return its
+    files: notebook 02 calls it with its ``USE_REAL_TEACHER`` choice, so notebooks 03 and 04
+    (:func:`trace_files`) read the same traces with nothing renamed.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> use_teacher(folder, "real").traces.name, trace_files(folder, must_exist=False).teacher
+    ('traces_real.jsonl', 'real')
+    """
+    run = Path(run)
+    files = _trace_files(run, teacher)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / TEACHER_RECORD).write_text(json.dumps(
+        {"teacher": teacher, "traces": files.traces.name, "verdicts": files.verdicts.name}) + "\n")
+    return files
+
+
+def trace_files(run: str | os.PathLike, teacher: str | None = None, *,
+                must_exist: bool = True) -> TraceFiles:
+    """The traces and verdicts files of ``teacher`` in the run folder ``run``; ``None``: the
+    teacher notebook 02 recorded there (:func:`use_teacher`), or the local one if none was.
+
+    The local teacher's traces can always be made again for free (notebooks 03 and 04 do it
+    when they are missing); a real teacher's cannot, so with ``must_exist`` a missing file raises
+    :class:`TracesMissing` saying how to write it.
+    """
+    run = Path(run)
+    if teacher is None:
+        record = run / TEACHER_RECORD
+        if record.exists():
+            try:
+                teacher = json.loads(record.read_text())["teacher"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{record} is damaged ({err}): delete it and run notebook 02 "
+                                 "again") from None
+        else:
+            teacher = "local"
+    files = _trace_files(run, teacher)
+    if must_exist and teacher != "local" and not files.traces.exists():
+        raise TracesMissing(
+            f"this run uses the {teacher} teacher's traces, but {files.traces} does not exist: run "
+            "notebook 02 with USE_REAL_TEACHER = True (its section 8 writes them), or with "
+            "USE_REAL_TEACHER = False to go back to the local teacher's traces")
+    return files
 
 
 @dataclass
