@@ -42,6 +42,7 @@ from typing import Any
 
 from cotlib import stages, synth
 from cotlib.normalize import answers_match
+from cotlib.teacher.store import UNREADABLE, read_records, trace_problem
 
 #: A check: ``(record, task) -> None | reason | (reason, explanation)``.
 Check = Callable[[dict, Any], Any]
@@ -633,27 +634,18 @@ def judge_with_teacher(config: Any, *, concurrency: int | None = None) -> Check:
 # running the filter
 
 
-#: The key :func:`read_traces` gives a line it could not parse as JSON.
-UNREADABLE = "_cotlib_unreadable"
-
-
 def record_problem(record: Any) -> tuple[str, str] | None:
     """``(reason, explanation)`` for a record no check can read, else None:
     ``record:not_json`` (a line :func:`read_traces` could not parse), ``record:not_an_object``
-    (``null``, a list, a string...), ``text:not_a_string`` (e.g. a number stored as the trace).
+    (``null``, a list, a string...), ``text:not_a_string`` (e.g. a number stored as the trace):
+    :func:`cotlib.teacher.store.trace_problem`, the trace type's own rule.
 
     >>> record_problem(None)[0], record_problem({"text": 5})[0], record_problem({"text": "x"})
     ('record:not_an_object', 'text:not_a_string', None)
     """
     if isinstance(record, Mapping) and UNREADABLE in record:
         return "record:not_json", str(record[UNREADABLE])
-    if not isinstance(record, Mapping):
-        return "record:not_an_object", (f"a JSON {type(record).__name__} where a record "
-                                        f"object was expected: {_excerpt(repr(record), 60)}")
-    text = record.get("text")
-    if text is not None and not isinstance(text, str):
-        return "text:not_a_string", f"'text' is a {type(text).__name__}: {_excerpt(repr(text), 40)}"
-    return None
+    return trace_problem(record)
 
 
 def _text(record: Any) -> str:
@@ -821,21 +813,14 @@ def read_verdicts(path: str | Path) -> list[Verdict]:
 
 def read_traces(path: str | Path) -> list[dict]:
     """Read ``traces.jsonl`` (a file or the run folder holding it). Every line is returned, in
-    order — also repeats of a task, so the duplicate pass can see and name them."""
+    order — also repeats of a task, so the duplicate pass can see and name them; a line that is
+    not JSON comes back as a record the filter names ``record:not_json``
+    (:func:`cotlib.teacher.store.read_records`, the one reader of results files)."""
     path = _jsonl_path(path, "traces.jsonl")
     if not path.exists():
         raise FileNotFoundError(f"No traces at {path}. Run notebook 02 (or `cotlib generate`) "
                                 "to write them, or pass the right run folder.")
-    records: list[Any] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError as err:  # a torn or garbled line: the filter names it
-                records.append({"task_id": f"line {n}", UNREADABLE: f"line {n}: {err}"})
-    return records
+    return read_records(path)
 
 
 # -----------------------------------------------------------------------------

@@ -417,6 +417,59 @@ def test_load_keeps_last_record_and_compact_is_one_line_per_task(tmp_path):
         teacher.ResultsWriter(out)
 
 
+#: The file format: a results line's keys, in order (shipped runs and old files have them).
+RECORD_KEYS = ["task_id", "status", "model", "mode", "text", "stages", "problems", "final_answer",
+               "usage", "cost_usd", "attempts", "failure", "seconds", "created", "request_key",
+               "finish_reason"]
+
+
+def test_trace_type_reads_and_writes_the_file_format_unchanged(server, tasks, tmp_path):
+    out = tmp_path / "t.jsonl"
+    run_generation(tasks[:3], out, config(server), progress=False)
+    raws = out.read_bytes().split(b"\n")[:-1]
+    for raw, row in zip(raws, lines(out)):
+        assert list(row) == RECORD_KEYS
+        trace = teacher.Trace.from_json(row)
+        assert trace.done and trace.text == row["text"] and trace.usage == row["usage"]
+        assert json.dumps(trace.to_json(), ensure_ascii=False).encode() == raw  # byte for byte
+    # an old or imported line: fields missing, a key this version does not know, an int id
+    old = {"task_id": 7, "status": "done", "model": "llava-cot-100k", "mode": "import",
+           "text": "x", "stages": {}, "problems": ["missing"], "final_answer": "", "usage": {},
+           "cost_usd": 0.0, "attempts": 1, "failure": None, "seconds": 0.0, "created": None,
+           "task_type": "chartqa"}
+    trace = teacher.Trace.from_json(old)
+    assert (trace.task_id, trace.extra, trace.request_key) == ("7", {"task_type": "chartqa"}, None)
+    assert trace.to_json()["task_type"] == "chartqa"
+    for bad, reason in ((None, "record:not_an_object"), ([1], "record:not_an_object"),
+                        ({"task_id": "a", "text": 5}, "text:not_a_string")):
+        with pytest.raises(teacher.TraceError) as err:
+            teacher.Trace.from_json(bad)
+        assert err.value.reason == reason
+    with teacher.ResultsWriter(tmp_path / "typed.jsonl") as w:  # the writer takes a Trace too
+        w.write(trace)
+    assert lines(tmp_path / "typed.jsonl") == [trace.to_json()]
+
+
+def test_one_reader_two_views(tmp_path):
+    """read_lines parses the file once; the filter's view keeps every line (repeats, garbage
+    named, a torn tail that parses), the resume view keeps the last record of each task."""
+    kw = {"model": LOCAL, "mode": "blind"}
+    first = teacher.make_record("a", status="failed", failure="timeout: x", **kw)
+    other = teacher.make_record("b", stages.render("s", "c", "r", "1"), **kw)
+    again = teacher.make_record("a", stages.render("s", "c", "r", "2"), **kw)
+    tail = teacher.make_record("c", "cut", **kw)
+    path = tmp_path / "traces.jsonl"
+    path.write_bytes(b"".join(teacher.encode_line(r) for r in (first, other)) + b"null\n\n{oops\n"
+                     + teacher.encode_line(again) + teacher.encode_line(tail).rstrip(b"\n"))
+    every = teacher.read_records(path)
+    assert [r.get("task_id") if isinstance(r, dict) else r for r in every] == [
+        "a", "b", None, "line 5", "a", "c"]
+    assert teacher.UNREADABLE in every[3] and "line 5" in every[3][teacher.UNREADABLE]
+    latest = teacher.latest_records(path)
+    assert list(latest) == ["a", "b"] and latest["a"] == again
+    assert teacher.load_results is teacher.latest_records
+
+
 # --------------------------------------------------------------------------------------------
 # budget
 
@@ -583,7 +636,7 @@ def test_get_api_key_sources(monkeypatch):
     with pytest.raises(RuntimeError, match="COTLIB_TEST_KEY") as err:
         teacher.get_api_key("COTLIB_TEST_KEY")
     assert "sk-" not in str(err.value)
-    monkeypatch.setattr(teacher.client.getpass, "getpass", lambda prompt: "sk-" + "typed-in-key-123456789")
+    monkeypatch.setattr("getpass.getpass", lambda prompt: "sk-" + "typed-in-key-123456789")
     assert teacher.get_api_key("COTLIB_TEST_KEY", prompt=True).reveal().startswith("sk-typed")
     monkeypatch.setenv("COTLIB_TEST_KEY", "sk-from-env")
     assert teacher.get_api_key("COTLIB_TEST_KEY").reveal() == "sk-from-env"

@@ -37,7 +37,7 @@ from cotlib.teacher.replies import (
     read_usage,
     retry_after_s,
 )
-from cotlib.teacher.store import ResultsWriter, compact_results, load_results, make_record
+from cotlib.teacher.store import ResultsWriter, compact_results, latest_records, make_record
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +443,7 @@ async def generate_traces(
     rng = random.Random()
 
     with ResultsWriter(out_path, config.fsync_interval_s) as writer:
-        existing = load_results(out_path)
+        existing = latest_records(out_path)
         spent_before = sum(float(r.get("cost_usd") or 0.0) for r in existing.values())
         pending = [j for j in jobs if existing.get(j.task_id, {}).get("status") != "done"]
         summary.skipped = len(jobs) - len(pending)
