@@ -1528,48 +1528,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------------
-# exercise checkers (notebook 05)
-# --------------------------------------------------------------------------------------------
-
-_TARGET_CASES = [
-    ("model.text_model.layers.0.self_attn.q_proj", True,
-     "SmolVLM's language model lives under model.text_model: adapt its attention projections."),
-    ("model.text_model.layers.1.mlp.down_proj", True,
-     "The MLP projections (gate_proj, up_proj, down_proj) are adapted too."),
-    ("model.language_model.layers.0.self_attn.v_proj", True,
-     "Qwen2-VL's language model lives under model.language_model."),
-    ("model.language_model.layers.1.mlp.gate_proj", True, ""),
-    ("model.vision_model.encoder.layers.0.self_attn.q_proj", False,
-     "Same name q_proj, but inside the vision tower (model.vision_model): leave it frozen."),
-    ("model.vision_model.encoder.layers.0.mlp.fc1", False, "Vision MLP layers stay frozen."),
-    ("model.visual.blocks.0.attn.qkv", False, "Qwen2-VL's vision tower is model.visual."),
-    ("model.connector.modality_projection.proj", False,
-     "The connector between vision and language is not part of the language model."),
-    ("lm_head", False, "The output head is not adapted in the course recipe."),
-    ("model.text_model.embed_tokens", False, "Embeddings are not Linear projections."),
-    ("model.text_model.layers.0.self_attn", False,
-     "That is the attention block itself, not one of its Linear layers."),
-]
-
-
-def target_cases():
-    """Cases for the notebook 05 exercise ``is_target(module_name) -> bool``."""
-    from cotlib.checks import Case
-
-    return [Case(name, (name,), expected, hint)
-            for name, expected, hint in _TARGET_CASES]
-
-
-def check_is_target(fn) -> bool:
-    """Check a learner's ``is_target(name)`` against :func:`is_language_model_target`."""
-    from cotlib.checks import run_cases
-
-    cases = target_cases()
-    for case in cases:  # the table must agree with the library
-        assert is_language_model_target(*case.args) == case.expected, case.name
-    return run_cases("is_target", fn, cases)
-
-
 if __name__ == "__main__":
     sys.exit(main())

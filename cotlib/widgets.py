@@ -43,13 +43,13 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cotlib import checks, env, images, infer, models, search, stages
+from cotlib import env, images, infer, models, search, stages
 
 #: The model picker's choices, in the order shown: a random stand-in that memorised one answer
 #: (seconds to build, fast mode's default), the course's pretrained base in ``data/base`` (full
@@ -818,42 +818,3 @@ class TryApp:
     def texts(self) -> dict[str, str]:
         """The four panels' texts."""
         return self.panels.texts()
-
-
-# --------------------------------------------------------------------------------------------
-# exercise checkers
-# --------------------------------------------------------------------------------------------
-
-
-def first_upload_cases() -> list[checks.Case]:
-    """Cases for the notebook 08 exercise ``first_upload(value) -> (name, bytes) | None``."""
-    one = fake_upload(b"\x89PNG fake", name="cat.png")
-    two = one + fake_upload(b"\xff\xd8\xff fake", name="dog.jpg")
-    return [
-        checks.Case("one uploaded file", (tuple(one),), ("cat.png", b"\x89PNG fake"),
-                    "value is a tuple of dicts: take value[0]['name'] and value[0]['content']."),
-        checks.Case("two files: the first one", (tuple(two),), ("cat.png", b"\x89PNG fake"),
-                    "Use only the first file, value[0]."),
-        checks.Case("nothing uploaded yet", ((),), None,
-                    "An empty tuple means no upload yet: return None."),
-        checks.Case("a list instead of a tuple", (list(one),), ("cat.png", b"\x89PNG fake"),
-                    "Index the value (value[0]); don't depend on it being a tuple."),
-    ]
-
-
-def check_first_upload(fn: Callable[[Sequence[Mapping]], tuple[str, bytes] | None]) -> bool:
-    """Check a learner's ``first_upload(value)`` against :func:`first_upload`. The content must
-    come back as ``bytes`` (a ``memoryview`` compares equal but breaks later, e.g. on pickling).
-    """
-    cases = first_upload_cases()
-    for case in cases:  # the table must agree with the library, or the checker itself is wrong
-        assert first_upload(*case.args) == case.expected, case.name
-
-    def typed(value):
-        got = fn(value)
-        if isinstance(got, tuple) and len(got) == 2 and not isinstance(got[1], bytes):
-            raise TypeError(f"the content came back as {type(got[1]).__name__}, not bytes: "
-                            "copy it with bytes(entry['content'])")
-        return got
-
-    return checks.run_cases("first_upload", typed, cases)

@@ -488,3 +488,45 @@ def test_answer_checker_stub_is_not_done(capsys):
     assert not checks.check_answer_check(stub)
     out = capsys.readouterr().out
     assert "not done yet" in out and "hint" not in out
+
+
+# --------------------------------------------------------------------------------------------
+# where the checkers live
+# --------------------------------------------------------------------------------------------
+
+#: Pipeline code that still holds an exercise checker: filtering's hedging exercise moves to
+#: cotlib/checks with the rest of issue 20 (then this is empty).
+STILL_IMPORTING = ("cotlib/filtering",)
+
+
+def test_no_pipeline_module_imports_the_course_scaffolding():
+    import ast
+    from pathlib import Path
+
+    import cotlib
+
+    root = Path(cotlib.__file__).resolve().parent
+    offenders = set()
+    for path in sorted(root.rglob("*.py")):
+        if root / "checks" in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names]
+                     + [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "cotlib.checks" or n.startswith("cotlib.checks.") for n in names):
+                offenders.add(path.relative_to(root.parent).as_posix())
+    offenders = {p for p in offenders if not p.startswith(STILL_IMPORTING)}
+    assert not offenders, f"pipeline modules importing cotlib.checks: {offenders}"
+
+
+def test_every_notebook_checker_is_reachable_from_the_package():
+    """Notebooks call ``checks.check_x``: each per-notebook module's checkers are re-exported."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(checks.__path__):
+        module = importlib.import_module(f"cotlib.checks.{info.name}")
+        for name in dir(module):
+            if name.startswith("check_") and callable(getattr(module, name)):
+                assert getattr(checks, name) is getattr(module, name), (info.name, name)

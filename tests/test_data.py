@@ -233,25 +233,3 @@ def test_sft_trainer_takes_the_dataset_and_masks_prompt_and_image_tokens(
         prompt_text = tok.decode(ids[row][:first][mask[row][:first] == 1])
         assert prompt_text.endswith("Assistant:") and "User:" in prompt_text
         assert int(learned.sum()) == len(tok(target, add_special_tokens=False)["input_ids"])
-
-
-# -----------------------------------------------------------------------------
-# the notebook 04 exercise checker
-
-
-def test_check_build_row_accepts_the_library_and_rejects_mistakes(capsys):
-    assert data.check_build_row(data.build_row)
-    assert "all 2 cases pass" in capsys.readouterr().out
-
-    def no_rerender(task, text):
-        return {"prompt": data.prompt_messages(task.prompt_question()),
-                "completion": data.completion_messages(text), "images": [task.get_image()]}
-
-    assert not data.check_build_row(no_rerender)
-    assert "expected" in capsys.readouterr().out
-
-    def stub(task, text):
-        raise NotImplementedError
-
-    assert not data.check_build_row(stub)
-    assert "not done yet" in capsys.readouterr().out

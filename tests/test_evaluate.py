@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cotlib import evaluate, stages, synth
+from cotlib import checks, evaluate, stages, synth
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_overhead_and_by_type_plots(tasks, tmp_path):
 
 
 def test_best_within_budget_and_its_checker(capsys):
-    assert evaluate.check_best_within_budget(evaluate.best_within_budget) is True
+    assert checks.check_best_within_budget(evaluate.best_within_budget) is True
 
     def ignores_budget(results, max_seconds):
         return max(results, key=lambda r: r.accuracy).name if results else None
@@ -118,11 +118,11 @@ def test_best_within_budget_and_its_checker(capsys):
     def stub(results, max_seconds):
         raise NotImplementedError
 
-    assert evaluate.check_best_within_budget(ignores_budget) is False
+    assert checks.check_best_within_budget(ignores_budget) is False
     assert "does not fit" in capsys.readouterr().out
-    assert evaluate.check_best_within_budget(strict) is False
+    assert checks.check_best_within_budget(strict) is False
     assert "(<=)" in capsys.readouterr().out
-    assert evaluate.check_best_within_budget(stub) is False
+    assert checks.check_best_within_budget(stub) is False
     assert "not done yet" in capsys.readouterr().out
 
 

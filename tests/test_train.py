@@ -467,20 +467,8 @@ def test_out_of_memory_ladder():
 
 
 # --------------------------------------------------------------------------------------------
-# Exercise checker, command line, accelerate launch with 2 processes
+# Command line, accelerate launch with 2 processes
 # --------------------------------------------------------------------------------------------
-
-
-def test_target_exercise_checker(capsys):
-    assert train.check_is_target(train.is_language_model_target)
-    assert not train.check_is_target(lambda name: name.endswith("q_proj"))
-    assert "MLP projections" in capsys.readouterr().out
-
-    def stub(name):
-        raise NotImplementedError
-
-    assert not train.check_is_target(stub)
-    assert "not done yet" in capsys.readouterr().out
 
 
 def test_cli_reports_a_bad_dataset(tmp_path, capsys):

@@ -13,7 +13,7 @@ import threading
 import pytest
 import torch
 
-from cotlib import images, infer, models, stages, widgets
+from cotlib import checks, images, infer, models, stages, widgets
 
 PHOTOS = images.SAMPLE_PHOTOS_DIR
 
@@ -322,16 +322,16 @@ def test_unexpected_errors_are_shown_not_swallowed(tmp_path):
 
 
 def test_checker_accepts_the_library_and_explains_mistakes(capsys):
-    assert widgets.check_first_upload(widgets.first_upload)
+    assert checks.check_first_upload(widgets.first_upload)
 
     def stub(value):
         raise NotImplementedError
 
-    assert not widgets.check_first_upload(stub)
+    assert not checks.check_first_upload(stub)
     assert "not done yet" in capsys.readouterr().out
-    assert not widgets.check_first_upload(lambda v: (v[0]["name"], v[0]["content"]) if v else None)
+    assert not checks.check_first_upload(lambda v: (v[0]["name"], v[0]["content"]) if v else None)
     assert "bytes(entry['content'])" in capsys.readouterr().out
-    assert not widgets.check_first_upload(lambda v: (v[-1]["name"], bytes(v[-1]["content"])))
+    assert not checks.check_first_upload(lambda v: (v[-1]["name"], bytes(v[-1]["content"])))
     assert "first file" in capsys.readouterr().out
 
 
