@@ -37,3 +37,18 @@ def test_most_modules_have_examples():
     without = [name for name in MODULES
                if not any(t.examples for t in finder.find(importlib.import_module(name)))]
     assert len(without) <= len(MODULES) // 4, f"modules without examples: {without}"
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """Modules split into packages (cotlib/checks, cotlib/teacher, ...) must be listed in
+    pyproject's setuptools packages, or a wheel installs without them."""
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(cotlib.__file__).resolve().parent
+    listed = set(tomllib.loads((root.parent / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root.parent).parts) for p in root.rglob("__init__.py")
+             if "__pycache__" not in p.parts}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
