@@ -771,7 +771,7 @@ def test_content_faults_do_not_depend_on_arrival_order(tmp_path):
 
 def test_fault_flags_roundtrip_through_the_command_line():
     faults = Faults(latency_ms=12.5, rate_429=0.2, retry_after_s=0.05, rate_malformed=0.1, seed=4)
-    args = teacher_server.build_parser().parse_args(teacher_server._fault_args(faults))
+    args = teacher_server.build_parser().parse_args(teacher_server.fault_args(faults))
     assert args.rate_429 == 0.2 and args.retry_after == 0.05 and args.fault_seed == 4
     assert args.latency_ms == 12.5 and args.rate_malformed == 0.1
 
