@@ -250,6 +250,20 @@ def seed_everything(seed: int = 0) -> None:
         pass
 
 
+def quiet_model_loading() -> None:
+    """No "Loading weights" progress bar each time transformers loads a model (noise in a
+    notebook: the course's models load in a fraction of a second); the hub's download bars stay
+    on, so a first download in full mode still shows its progress (unless
+    ``HF_HUB_DISABLE_PROGRESS_BARS=1`` turned them off)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # transformers' bars; it also turns off the hub's
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is not True:
+        enable_progress_bars()  # downloads show their progress again
+
+
 def free_memory(*objects: object) -> dict[str, float]:
     """Drop references, collect garbage and empty the GPU cache between notebook stages.
 

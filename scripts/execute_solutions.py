@@ -1,5 +1,5 @@
-"""Run the solution notebooks in fast mode and store their outputs (for reading and for nbval's
-``# NBVAL_CHECK_OUTPUT`` cells), then regenerate the student copies.
+"""Run the solution notebooks in fast mode and store their outputs (for reading, and for the cells
+tagged ``nbval-check-output`` whose output nbval compares), then regenerate the student copies.
 
     python scripts/execute_solutions.py [solutions/01_structured_reasoning.ipynb ...]
 """
