@@ -776,6 +776,28 @@ def test_fault_flags_roundtrip_through_the_command_line():
     assert args.latency_ms == 12.5 and args.rate_malformed == 0.1
 
 
+def test_clis_take_their_defaults_from_the_dataclasses():
+    """Each setting is declared once: the CLIs' options carry the dataclasses' defaults (shown
+    in --help) and rebuild the same objects."""
+    from cotlib.teacher import cli
+
+    bare = ["--split", "s", "--out", "o"]
+    assert cli.config_from_args(cli.build_parser().parse_args(bare)) == TeacherConfig()
+    chosen = TeacherConfig(model="m", base_url="http://127.0.0.1:1/v1", mode="blind",
+                           concurrency=3, max_retries=0, timeout_s=2.5, budget_usd=0.5,
+                           max_tokens=7, api_key_env="X", prompt_for_key=True)
+    argv = bare + ["--model", "m", "--base-url", "http://127.0.0.1:1/v1", "--mode", "blind",
+                   "--concurrency", "3", "--max-retries", "0", "--timeout", "2.5", "--budget",
+                   "0.5", "--max-tokens", "7", "--api-key-env", "X", "--prompt-key"]
+    assert cli.config_from_args(cli.build_parser().parse_args(argv)) == chosen
+    help_text = " ".join(cli.build_parser().format_help().split())
+    for flag, name, _ in cli.CONFIG_OPTIONS:
+        assert flag in help_text and f"(default: {getattr(TeacherConfig(), name)})" in help_text
+    serve = teacher_server.build_parser()
+    assert teacher_server.faults_from_args(serve.parse_args([])) == Faults()
+    assert "(default: 0.1)" in serve.format_help()  # Faults.retry_after_s
+
+
 def test_judge_requests_get_a_verdict_and_never_a_fault(tasks):
     from cotlib import filtering
 

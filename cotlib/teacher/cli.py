@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import sys
+import typing
 from dataclasses import asdict
+from typing import Any
 
 from cotlib import synth
 from cotlib.teacher.client import TeacherConfig, TeacherError, redact
@@ -17,36 +19,69 @@ from cotlib.teacher.run import run_generation
 # command line: cotlib generate ...
 
 
+#: The ``cotlib generate`` options that set a :class:`TeacherConfig` field: (flag, field, help).
+#: Each one's type and default are the field's, declared once in :class:`TeacherConfig`.
+CONFIG_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("--base-url", "base_url", "OpenAI-compatible server (None: OpenAI)"),
+    ("--model", "model", "the teacher model"),
+    ("--mode", "mode", "conditioned: the teacher sees the standard answer; blind: it does not"),
+    ("--concurrency", "concurrency", "requests in flight at once"),
+    ("--max-retries", "max_retries", "retries after the first attempt"),
+    ("--timeout", "timeout_s", "seconds per attempt"),
+    ("--budget", "budget_usd", "USD ceiling on the file's total cost: a request that could "
+                               "cross it (prompt + max tokens at the model's price) is not sent"),
+    ("--max-tokens", "max_tokens", "completion tokens per request"),
+    ("--api-key-env", "api_key_env", "send the key in this environment variable (to any "
+                                     "server). None: OPENAI_API_KEY to api.openai.com only; "
+                                     "COTLIB_TEACHER_API_KEY or a dummy key to any other "
+                                     "--base-url"),
+    ("--prompt-key", "prompt_for_key", "type the key in if not set"),
+)
+
+
+def _field_type(hint: Any) -> Any:
+    """``int`` for ``int | None``: the type argparse converts the option's text with."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``cotlib generate`` options, with the :class:`TeacherConfig` defaults.
+    """The ``cotlib generate`` options, with the :class:`TeacherConfig` defaults
+    (:data:`CONFIG_OPTIONS`); ``--help`` shows each default.
 
     >>> args = build_parser().parse_args(["--split", "data/tasks/train", "--out", "t.jsonl"])
-    >>> args.model, args.concurrency, args.max_retries, args.budget
-    ('gpt-4o', 8, 4, None)
+    >>> args.model, args.concurrency, args.max_retries, args.timeout, args.budget
+    ('gpt-4o', 8, 4, 60.0, None)
     """
     p = argparse.ArgumentParser(
-        prog="cotlib generate", description="Generate four-stage traces with a teacher."
+        prog="cotlib generate", description="Generate four-stage traces with a teacher.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--split", required=True, help="task folder, e.g. data/tasks/train")
     p.add_argument("--out", required=True, help="results JSONL, e.g. runs/x/traces.jsonl")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: OpenAI)")
-    p.add_argument("--model", default="gpt-4o")
-    p.add_argument("--mode", default="conditioned", choices=MODES)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--max-retries", type=int, default=4)
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt")
-    p.add_argument("--budget", type=float, default=None,
-                   help="USD ceiling on the file's total cost: a request that could cross it "
-                        "(prompt + max tokens at the model's price) is not sent")
-    p.add_argument("--max-tokens", type=int, default=1024, help="completion tokens per request")
+    defaults, hints = TeacherConfig(), typing.get_type_hints(TeacherConfig)
+    for flag, name, text in CONFIG_OPTIONS:
+        default, kind = getattr(defaults, name), _field_type(hints[name])
+        if kind is bool:
+            p.add_argument(flag, action="store_true", help=text)
+        else:
+            p.add_argument(flag, type=kind, default=default, help=text,
+                           choices=MODES if name == "mode" else None,
+                           metavar="NAME" if name == "api_key_env" else None)
     p.add_argument("--limit", type=int, default=None, help="only the first N tasks")
-    p.add_argument("--api-key-env", default=None, metavar="NAME",
-                   help="send the key in this environment variable (to any server). Default: "
-                        "OPENAI_API_KEY to api.openai.com only; COTLIB_TEACHER_API_KEY or a "
-                        "dummy key to any other --base-url")
-    p.add_argument("--prompt-key", action="store_true", help="type the key in if not set")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def config_from_args(args: argparse.Namespace) -> TeacherConfig:
+    """The :class:`TeacherConfig` that :func:`build_parser`'s options describe.
+
+    >>> config_from_args(build_parser().parse_args(
+    ...     ["--split", "s", "--out", "o", "--timeout", "5", "--prompt-key"])).timeout_s
+    5.0
+    """
+    return TeacherConfig(**{name: getattr(args, flag[2:].replace("-", "_"))
+                            for flag, name, _ in CONFIG_OPTIONS})
 
 
 def generate_main(argv: list[str] | None = None) -> int:
@@ -55,14 +90,9 @@ def generate_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     tasks = synth.load_split(args.split)[: args.limit]
-    config = TeacherConfig(
-        model=args.model, base_url=args.base_url, api_key_env=args.api_key_env,
-        prompt_for_key=args.prompt_key, mode=args.mode, concurrency=args.concurrency,
-        max_retries=args.max_retries, timeout_s=args.timeout, budget_usd=args.budget,
-        max_tokens=args.max_tokens,
-    )
     try:
-        summary = run_generation(tasks, args.out, config, progress=not args.no_progress)
+        summary = run_generation(tasks, args.out, config_from_args(args),
+                                 progress=not args.no_progress)
     except (TeacherError, RuntimeError, ValueError) as err:  # one message, no traceback
         print(f"cotlib generate: {redact(err)}", file=sys.stderr)
         summary = getattr(err, "summary", None)

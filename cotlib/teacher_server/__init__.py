@@ -56,6 +56,7 @@ from cotlib.teacher_server.local import (
     LocalTeacher,
     build_parser,
     fault_args,
+    faults_from_args,
     main,
     serve,
 )
@@ -107,6 +108,7 @@ __all__ = [
     "create_app",
     "draft_trace",
     "fault_args",
+    "faults_from_args",
     "image_size",
     "judge_completion",
     "judge_text",

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 from cotlib.teacher_server.app import create_app
@@ -156,13 +156,32 @@ class LocalTeacher:
         self.stop()
 
 
+#: Flags whose name is not the :class:`Faults` field's (``--rate-429`` is ``rate_429``).
+_FAULT_FLAGS = {"seed": "--fault-seed", "retry_after_s": "--retry-after"}
+_FAULT_HELP = {
+    "latency_ms": "ms from a request's arrival to its answer",
+    "latency_jitter_ms": "latency spread: uniform in latency +- this",
+    "rate_429": "share of requests answered 429 (retried by the client)",
+    "retry_after_s": "seconds, sent with 429s",
+    "rate_500": "share of requests answered 500 (retried by the client)",
+    "rate_malformed": "share of traces with a format fault",
+    "rate_wrong_answer": "share of traces concluding a wrong answer",
+    "rate_refusal": "share of requests refused",
+    "seed": "seed of the fault draws",
+}
+
+
+def _fault_flag(name: str) -> str:
+    return _FAULT_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
 def fault_args(faults: Faults) -> list[str]:
-    """Command-line flags of :func:`main` that recreate ``faults``."""
-    args = []
-    for name, value in asdict(faults).items():
-        flag = {"seed": "fault-seed", "retry_after_s": "retry-after"}.get(name, name)
-        args += [f"--{flag.replace('_', '-')}", repr(value)]
-    return args
+    """Command-line flags of :func:`main` that recreate ``faults``.
+
+    >>> fault_args(Faults(rate_429=0.2))[4:6]
+    ['--rate-429', '0.2']
+    """
+    return [a for f in fields(Faults) for a in (_fault_flag(f.name), repr(getattr(faults, f.name)))]
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -214,32 +233,36 @@ def serve(host: str = "127.0.0.1", port: int = 8765, faults: Faults | None = Non
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """``cotlib teacher serve``'s options: the server's, then one per :class:`Faults` field
+    (its default and type, declared once there); ``--help`` shows each default.
+
+    >>> build_parser().parse_args(["--rate-429", "0.2"]).rate_429
+    0.2
+    """
     p = argparse.ArgumentParser(prog="cotlib teacher serve",
-                                description="Run the local OpenAI-compatible teacher.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+                                description="Run the local OpenAI-compatible teacher.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     p.add_argument("--seed", type=int, default=0, help="wording seed")
-    p.add_argument("--latency-ms", type=float, default=0.0)
-    p.add_argument("--latency-jitter-ms", type=float, default=0.0)
-    p.add_argument("--rate-429", type=float, default=0.0)
-    p.add_argument("--retry-after", type=float, default=0.1, help="seconds, sent with 429s")
-    p.add_argument("--rate-500", type=float, default=0.0)
-    p.add_argument("--rate-malformed", type=float, default=0.0)
-    p.add_argument("--rate-wrong-answer", type=float, default=0.0)
-    p.add_argument("--rate-refusal", type=float, default=0.0)
-    p.add_argument("--fault-seed", type=int, default=0)
+    defaults = Faults()
+    for f in fields(Faults):
+        default = getattr(defaults, f.name)
+        p.add_argument(_fault_flag(f.name), type=type(default), default=default,
+                       help=_FAULT_HELP[f.name])
     return p
+
+
+def faults_from_args(args: argparse.Namespace) -> Faults:
+    """The :class:`Faults` that :func:`build_parser`'s fault options describe."""
+    return Faults(**{f.name: getattr(args, _fault_flag(f.name)[2:].replace("-", "_"))
+                     for f in fields(Faults)})
 
 
 def main(argv: list[str] | None = None) -> int:
     """``cotlib teacher serve --port 8765 --rate-429 0.2 ...``"""
     args = build_parser().parse_args(argv)
-    faults = Faults(
-        latency_ms=args.latency_ms, latency_jitter_ms=args.latency_jitter_ms,
-        rate_429=args.rate_429, retry_after_s=args.retry_after, rate_500=args.rate_500,
-        rate_malformed=args.rate_malformed, rate_wrong_answer=args.rate_wrong_answer,
-        rate_refusal=args.rate_refusal, seed=args.fault_seed,
-    )
+    faults = faults_from_args(args)
     try:
         serve(args.host, args.port, faults, seed=args.seed)
     except OSError as err:
