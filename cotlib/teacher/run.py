@@ -37,7 +37,7 @@ from cotlib.teacher.replies import (
     read_usage,
     retry_after_s,
 )
-from cotlib.teacher.store import ResultsWriter, compact_results, latest_records, make_record
+from cotlib.teacher.store import ResultsWriter, Trace, compact_results, latest_records
 
 log = logging.getLogger(__name__)
 
@@ -417,10 +417,11 @@ async def generate_traces(
     raise :class:`TeacherError` with one message naming the URL and what to check, after
     writing what finished (``err.summary`` holds the run's summary).
 
-    Records: ``task_id, status ("done"|"failed"), model, mode, text, stages, problems (kinds),
-    final_answer, usage, cost_usd, attempts, failure, seconds, created, request_key,
-    finish_reason``. ``tasks`` are :class:`cotlib.synth.Task` objects, task records, or dicts
-    ``{"id", "image", "question", "answer"}`` (image paths relative to ``image_root``).
+    Records: one :class:`~cotlib.teacher.store.Trace` per line (``task_id, status
+    ("done"|"failed"), model, mode, text, stages, problems (kinds), final_answer, usage, cost_usd,
+    attempts, failure, seconds, created, request_key, finish_reason``). ``tasks`` are
+    :class:`cotlib.synth.Task` objects, task records, or dicts ``{"id", "image", "question",
+    "answer"}`` (image paths relative to ``image_root``).
     """
     import openai
     from tqdm.auto import tqdm
@@ -477,14 +478,14 @@ async def generate_traces(
 
         state.probe = probe
 
-        def finish(record: dict, reason: str | None) -> None:
-            writer.write(record)
-            summary.attempts += record["attempts"]
-            summary.cost_usd += record["cost_usd"]
+        def finish(trace: Trace, reason: str | None) -> None:
+            writer.write(trace)
+            summary.attempts += trace.attempts
+            summary.cost_usd += trace.cost_usd
             if reason is None:
                 summary.done += 1
-                summary.prompt_tokens += record["usage"]["prompt_tokens"]
-                summary.completion_tokens += record["usage"]["completion_tokens"]
+                summary.prompt_tokens += trace.usage["prompt_tokens"]
+                summary.completion_tokens += trace.usage["completion_tokens"]
             else:
                 summary.failed += 1
                 failures[reason] += 1
@@ -499,7 +500,7 @@ async def generate_traces(
                 messages = await asyncio.to_thread(job.messages, config.mode, image_root)
             except Exception as err:  # an unreadable image fails this task only
                 reason, _ = classify_error(err)
-                return finish(make_record(
+                return finish(Trace.new(
                     job.task_id, status="failed", attempts=0, **common,
                     failure=f"{reason}: {redact(err, key)}"[:500],
                     seconds=time.perf_counter() - t0), reason)
@@ -517,11 +518,11 @@ async def generate_traces(
                     state.abort(_model_missing_message(state, config))
                 detail = redact(describe_failure(err, url, config), key)
                 note = f" after {attempts} attempts" if attempts > 1 else ""
-                return finish(make_record(
+                return finish(Trace.new(
                     job.task_id, status="failed", attempts=attempts, seconds=seconds,
                     cost_usd=cost, failure=f"{reason}{note}: {detail}"[:500], request_key=rkey,
                     **common), reason)
-            finish(make_record(
+            finish(Trace.new(
                 job.task_id, reply.text, model=reply.model or config.model, mode=config.mode,
                 usage={"prompt_tokens": reply.prompt_tokens,
                        "completion_tokens": reply.completion_tokens},

@@ -128,36 +128,29 @@ class Trace:
         return cls(**{**known, "task_id": str(row.get("task_id", ""))}, extra=extra)
 
 
-def make_record(
-    task_id: str,
-    text: str = "",
-    *,
-    model: str,
-    mode: str,
-    status: str = "done",
-    usage: Any = None,
-    cost_usd: float = 0.0,
-    attempts: int = 1,
-    failure: str | None = None,
-    seconds: float = 0.0,
-    request_key: str | None = None,
-    finish_reason: str | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict:
-    """One results line, made now (:meth:`Trace.to_json`; cost and seconds rounded).
+    @classmethod
+    def new(cls, task_id: str, text: str = "", *, model: str, mode: str, status: str = "done",
+            usage: Any = None, cost_usd: float = 0.0, attempts: int = 1,
+            failure: str | None = None, seconds: float = 0.0, request_key: str | None = None,
+            finish_reason: str | None = None, extra: Mapping[str, Any] | None = None) -> Trace:
+        """A trace made now: ``usage`` from a dict or the openai ``CompletionUsage``, cost and
+        seconds rounded, ``created`` the current time."""
+        tokens_in, tokens_out = usage_tokens(usage)
+        return cls(task_id, text, status, model, mode,
+                   {"prompt_tokens": tokens_in, "completion_tokens": tokens_out},
+                   round(cost_usd, 8), attempts, failure, round(seconds, 3), int(time.time()),
+                   request_key, finish_reason, dict(extra or {}))
+
+
+def make_record(task_id: str, text: str = "", **kwargs: Any) -> dict:
+    """One results line made now: :meth:`Trace.new` (same arguments) as the line's dict.
     ``stages``/``problems``/``final_answer`` come from :mod:`cotlib.stages`.
 
     >>> r = make_record("t1", stages.render("s", "c", "r", "4"), model="m", mode="blind")
     >>> r["final_answer"], r["problems"], r["status"]
     ('4', [], 'done')
     """
-    tokens_in, tokens_out = usage_tokens(usage)
-    return Trace(
-        task_id, text, status, model, mode,
-        {"prompt_tokens": tokens_in, "completion_tokens": tokens_out}, round(cost_usd, 8),
-        attempts, failure, round(seconds, 3), int(time.time()), request_key, finish_reason,
-        dict(extra or {}),
-    ).to_json()
+    return Trace.new(task_id, text, **kwargs).to_json()
 
 
 # -----------------------------------------------------------------------------
