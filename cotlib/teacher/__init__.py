@@ -65,8 +65,9 @@ The same code drives three scales; only :class:`TeacherConfig` changes.
 The package, read in this order (each module imports only the ones above it):
 
 - :mod:`~cotlib.teacher.prompt`: the instruction, request text and its inverse, the standard answer;
+- :mod:`~cotlib.teacher.client`: :class:`TeacherConfig`, the request body, the key rule, the
+  ``openai`` client;
 - :mod:`~cotlib.teacher.cost`: prices, image billing rules, run and worst-case cost estimates;
-- :mod:`~cotlib.teacher.client`: :class:`TeacherConfig`, the key rule, the ``openai`` client;
 - :mod:`~cotlib.teacher.store`: the trace record and the crash-safe JSONL results file;
 - :mod:`~cotlib.teacher.replies`: error classes, retry timing, reading a response;
 - :mod:`~cotlib.teacher.run`: :func:`generate_traces` / :func:`run_generation`;

@@ -10,9 +10,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cotlib.teacher.client import TeacherConfig, redact
+from cotlib.teacher.client import TeacherConfig, chat_request, redact
 from cotlib.teacher.cost import BATCH_DISCOUNT, estimate_cost
-from cotlib.teacher.prompt import chat_request, check_mode, jobs_for
+from cotlib.teacher.prompt import check_mode, jobs_for
 from cotlib.teacher.replies import BadResponse, read_reply
 from cotlib.teacher.run import RunSummary
 from cotlib.teacher.store import ResultsWriter, compact_results, encode_line, make_record

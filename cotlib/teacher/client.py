@@ -61,6 +61,20 @@ class TeacherConfig:
             raise ValueError("max_retries must be >= 0")
 
 
+
+def chat_request(messages: list[dict], config: TeacherConfig) -> dict:
+    """The chat.completions.create arguments (also the Batch API request body).
+
+    >>> chat_request([], TeacherConfig(model="m", temperature=0.0))
+    {'model': 'm', 'messages': [], 'temperature': 0.0, 'max_tokens': 1024}
+    """
+    request: dict[str, Any] = {"model": config.model, "messages": messages}
+    if config.temperature is not None:
+        request["temperature"] = config.temperature
+    if config.max_tokens is not None:
+        request["max_tokens"] = config.max_tokens
+    return request
+
 # -----------------------------------------------------------------------------
 # the API key: never printed, logged or stored
 

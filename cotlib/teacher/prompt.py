@@ -9,13 +9,9 @@ import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cotlib import images, synth
-
-if TYPE_CHECKING:
-    from cotlib.teacher.client import TeacherConfig
-
 
 MODES = ("conditioned", "blind")
 LOCAL_MODEL = "cotlib-local-teacher"
@@ -318,13 +314,3 @@ def jobs_for(tasks: Iterable[Any], image_root: str | Path | None) -> list[Job]:
         seen.add(task_id)
         jobs.append(Job(task_id, task))
     return jobs
-
-
-def chat_request(messages: list[dict], config: TeacherConfig) -> dict:
-    """The chat.completions.create arguments (also the Batch API request body)."""
-    request: dict[str, Any] = {"model": config.model, "messages": messages}
-    if config.temperature is not None:
-        request["temperature"] = config.temperature
-    if config.max_tokens is not None:
-        request["max_tokens"] = config.max_tokens
-    return request

@@ -19,13 +19,14 @@ from typing import Any
 from cotlib.teacher.client import (
     TeacherConfig,
     TeacherError,
+    chat_request,
     effective_base_url,
     key_for,
     openai_client,
     redact,
 )
 from cotlib.teacher.cost import price_for, worst_case_cost
-from cotlib.teacher.prompt import Job, chat_request, jobs_for, messages_key
+from cotlib.teacher.prompt import Job, jobs_for, messages_key
 from cotlib.teacher.replies import (
     BadResponse,
     Reply,
