@@ -1,0 +1,177 @@
+"""Free text on the same cache (:func:`generate_ids`, :func:`generate_text`: the judge in
+:mod:`cotlib.search`, the direct answers in :mod:`cotlib.experiment`), the one-pass reference
+(:func:`generate_one_pass`: ``model.generate``), and :func:`memorise`, which overfits a tiny model
+on one answer for demos and tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cotlib import models
+from cotlib.infer.answers import answer_lead
+from cotlib.infer.plumbing import (
+    _decode,
+    _device,
+    _encode_text,
+    _eos_ids,
+    _extend_token_inputs,
+    _pad_id,
+    _rope_owner,
+    _tokenizer,
+)
+from cotlib.infer.sampling import Sampling, _choose
+from cotlib.infer.staged import start
+from cotlib.infer.state import _feed
+
+
+def generate_ids(
+    model,
+    processor,
+    images: Sequence[Any],
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    sampling: Sampling | None = None,
+) -> list[list[int]]:
+    """The new token ids for ready-made chat prompts (one image each), decoded as one batch on
+    a shared cache; each row stops at its end-of-answer token (not included). Greedy unless
+    ``sampling`` is given: row ``i`` gets the same tokens as decoding prompt ``i`` alone.
+
+    >>> model, processor = models.load(models.tiny("idefics3"))
+    >>> from PIL import Image
+    >>> prompt = models.chat_prompt(processor, "How many?")
+    >>> ids = generate_ids(model, processor, [Image.new("RGB", (64, 64))] * 2, [prompt] * 2,
+    ...                    max_new_tokens=4)
+    >>> len(ids), ids[0] == ids[1]
+    (2, True)
+    """
+    import torch
+
+    state = start(model, processor, images, list(prompts), prompts=prompts)
+    eos, n = _eos_ids(model, processor), state.size
+    generator = None
+    if sampling is not None and sampling.seed is not None:
+        generator = torch.Generator(device=_device(model)).manual_seed(sampling.seed)
+    out: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            ids, _ = _choose(state.logits, sampling, generator)
+            feed: list[list[int]] = [[] for _ in range(n)]
+            for i in range(n):
+                if done[i]:
+                    continue
+                if ids[i] in eos:
+                    done[i] = True
+                else:
+                    out[i].append(ids[i])
+                    feed[i] = [ids[i]]
+            if all(done):
+                break
+            _feed(state, feed)
+    return out
+
+
+def generate_text(
+    model,
+    processor,
+    images: Sequence[Any],
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    sampling: Sampling | None = None,
+) -> list[str]:
+    """Free-text answers to ready-made chat prompts (one image each), batched; stops at the
+    end-of-answer token. Used by the model-as-judge in :mod:`cotlib.search`.
+
+    >>> model, processor = models.load(models.tiny("idefics3"))
+    >>> from PIL import Image
+    >>> prompt = models.chat_prompt(processor, "Which is better?")
+    >>> texts = generate_text(model, processor, [Image.new("RGB", (64, 64))], [prompt],
+    ...                       max_new_tokens=4)
+    >>> len(texts)
+    1
+    """
+    rows = generate_ids(model, processor, images, prompts, max_new_tokens=max_new_tokens,
+                        sampling=sampling)
+    return [_decode(processor, ids) for ids in rows]
+
+
+def generate_one_pass(
+    model, processor, image: Any, question: str, *, max_new_tokens: int = 512,
+    min_new_tokens: int | None = None,
+) -> tuple[list[int], str]:
+    """The reference: one uninterrupted greedy ``model.generate`` (no stage control at all).
+    Returns the new token ids and their text.
+
+    >>> model, processor = models.load(models.tiny("idefics3"))
+    >>> from PIL import Image
+    >>> ids, text = generate_one_pass(model, processor, Image.new("RGB", (64, 64)), "Hi?",
+    ...                               max_new_tokens=3, min_new_tokens=3)
+    >>> len(ids)
+    3
+    """
+    import torch
+
+    batch = models.encode(processor, [image], [models.chat_prompt(processor, question)],
+                          device=_device(model))
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(processor))
+    if min_new_tokens:
+        kwargs["min_new_tokens"] = min_new_tokens
+    owner = _rope_owner(model)
+    saved = owner.rope_deltas if owner is not None else None
+    try:
+        with torch.inference_mode():
+            out = model.generate(**batch, **kwargs)
+    finally:
+        if owner is not None:
+            owner.rope_deltas = saved
+    new = out[0, batch["input_ids"].shape[1]:].tolist()
+    return new, _decode(processor, new)
+
+
+def memorise(
+    model, processor, image: Any, question: str, answer_text: str, *, steps: int = 300,
+    lr: float = 1e-2, target_loss: float = 0.02,
+) -> list[float]:
+    """Overfit ``model`` (in place) on one answer until it writes it back — seconds for a tiny
+    model. A stand-in for a fine-tuned model in demos and tests: afterwards the model writes the
+    stage tags itself, so staged decoding stops at real closing tags. Returns the losses.
+
+    The answer is appended to the prompt as in training data: the chat template's lead, the text,
+    the end-of-answer token; only the answer's tokens are trained.
+    """
+    import torch
+
+    device = _device(model)
+    batch = models.encode(processor, [image], [models.chat_prompt(processor, question)],
+                          device=device)
+    tok = _tokenizer(processor)
+    answer = _encode_text(processor, answer_lead(processor) + answer_text) + [tok.eos_token_id]
+    extra = torch.tensor([answer], device=device)
+    ids = torch.cat([batch["input_ids"], extra], dim=1)
+    kwargs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    _extend_token_inputs(model, kwargs, extra)
+    labels = ids.clone()
+    labels[:, : batch["input_ids"].shape[1]] = -100
+    owner = _rope_owner(model)
+    saved = owner.rope_deltas if owner is not None else None
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses: list[float] = []
+    model.train()
+    try:
+        for _ in range(steps):
+            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels,
+                         **kwargs).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if losses[-1] < target_loss:
+                break
+    finally:
+        model.eval()
+        if owner is not None:
+            owner.rope_deltas = saved
+    return losses
