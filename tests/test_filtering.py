@@ -308,7 +308,8 @@ def test_judge_with_teacher_sends_text_only_requests_and_rejects_invalid():
     assert sent[0] == {"role": "system", "content": filtering.JUDGE_INSTRUCTION}
     assert isinstance(sent[1]["content"], str) and sent[1]["content"].startswith("Response: ")
     sent_texts = [b["messages"][1]["content"] for b in _JudgeHandler.seen]
-    assert any(t.endswith(f"Standard answer: {MC.answer_letter}") for t in sent_texts)
+    mc_standard = f"{teacher.standard_answer(MC)} (option {MC.answer_letter})"
+    assert any(t.endswith(f"Standard answer: {mc_standard}") for t in sent_texts)
 
 
 class _FlakyJudgeHandler(_JudgeHandler):
@@ -373,6 +374,27 @@ def test_judge_against_the_local_teacher():
         judge.close()
     assert probe is None
     assert [v.reason for v in verdicts] == ["kept", "judge:invalid"]
+
+
+def test_judge_keeps_multiple_choice_traces_concluding_with_the_text_or_the_letter():
+    """The teacher concludes a multiple-choice trace with the option's text (its instruction
+    says so) and older traces with the letter: the judge is told both, so it keeps either. It
+    used to be told the letter only, and rejected every correct trace that gave the text."""
+    tasks = [synth.make_task(seed, "bar_max", multiple_choice=True) for seed in range(4)]
+    texts = [trace(t) for t in tasks]
+    assert all(stages.final_answer(x) == t.answer != t.answer_letter for x, t in zip(texts, tasks))
+    letter = stages.render_dict({**_good(tasks[0]), "CONCLUSION": tasks[0].answer_letter})
+    wrong = next(c for c in tasks[1].choices if c != tasks[1].answer)
+    records = [record(t, x) for t, x in zip(tasks, texts)] + [
+        record(tasks[0], letter), record(tasks[1], stages.render_dict(
+            {**_good(tasks[1]), "CONCLUSION": wrong}))]
+    with teacher_server.LocalTeacher() as server:
+        config = teacher.TeacherConfig(model=teacher.LOCAL_MODEL, base_url=server.base_url,
+                                       max_retries=0)
+        judge = filtering.judge_with_teacher(config)
+        verdicts = filter_traces(records, tasks, checks=[], judge=judge, dedupe=False)
+        judge.close()
+    assert [v.reason for v in verdicts] == ["kept"] * 5 + ["judge:invalid"]
 
 
 def test_verdict_json_round_trip():

@@ -55,6 +55,26 @@ def parse_judge_request(text: str) -> tuple[str, str] | None:
     return (m["response"].strip(), m["answer"].strip()) if m else None
 
 
+_OPTION_RE = re.compile(r"^(?P<answer>.*?)\s*\(option (?P<letter>[A-Z])\)$", re.DOTALL)
+
+
+def judge_standard_answer(task: Any) -> str:
+    """The standard answer a judge request carries: the one a teacher is conditioned on
+    (:func:`cotlib.teacher.standard_answer`: the option's text for multiple choice), followed by
+    ``(option X)`` for multiple choice, since a trace may conclude with the text or the letter.
+
+    >>> from cotlib import synth
+    >>> t = synth.make_task(7, "bar_value", multiple_choice=True)
+    >>> judge_standard_answer(t) == f"{t.answer} (option {t.answer_letter})"
+    True
+    """
+    from cotlib import teacher
+
+    letter = getattr(task, "answer_letter", None)
+    text = teacher.standard_answer(task)
+    return f"{text} (option {letter})" if getattr(task, "choices", None) and letter else text
+
+
 def local_judge_reply(text: str) -> str:
     """What a rule-based judge answers to a judge request: "valid" or "invalid" (refusals and
     answers that do not match by :func:`cotlib.normalize.answers_match` are invalid). The local
@@ -64,12 +84,16 @@ def local_judge_reply(text: str) -> str:
     'valid'
     >>> local_judge_reply(judge_request_text("I'm sorry, I can't help with that.", "3"))
     'invalid'
+    >>> [local_judge_reply(judge_request_text(r, "blue (option B)")) for r in ("B", "Blue.", "A")]
+    ['valid', 'valid', 'invalid']
     """
     parsed = parse_judge_request(text)
     if parsed is None:
         return "invalid"
     response, answer = parsed
-    if is_refusal(response) or not answers_match(response, answer):
+    option = _OPTION_RE.match(answer)  # multiple choice: the text or the letter
+    golds = [option["answer"], option["letter"]] if option else [answer]
+    if is_refusal(response) or not any(answers_match(response, g) for g in golds):
         return "invalid"
     return "valid"
 
@@ -115,8 +139,7 @@ def judge_with_teacher(config: Any, *, concurrency: int | None = None) -> Check:
             return None
         conclusion = parse_record(record).stages.get("CONCLUSION") or stages.final_answer(
             record.get("text") or "")
-        letter = getattr(task, "answer_letter", None)
-        standard = letter if getattr(task, "choices", None) and letter else task.answer
+        standard = judge_standard_answer(task)
         messages = judge_messages(conclusion, standard)
         try:
             reply = teacher.complete_with_retries(lambda: client.chat.completions.create(
