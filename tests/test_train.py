@@ -285,6 +285,7 @@ def test_load_adapter_and_merge_give_the_same_model(tiny_run, traces, tmp_path):
         assert torch.allclose(adapted, in_memory(**batch).logits, atol=1e-4)
 
 
+
 def test_resume_from_checkpoint(traces, tiny_cache, tmp_path):
     rows = traces.select(range(16))
     common = dict(model="tiny-idefics3", output_dir=str(tmp_path), batch_size=2, logging_steps=1,
@@ -331,14 +332,14 @@ def test_unloadable_images_are_skipped_and_counted_or_fail_clearly(traces):
 
 def test_wrong_format_names_the_expected_columns(traces):
     with pytest.raises(train.TrainError, match="expected prompt, completion, images.*messages"):
-        train.check_format(train.as_messages(traces.select(range(2))))
+        train.check_dataset_format(train.as_messages(traces.select(range(2))))
     with pytest.raises(train.TrainError, match="missing: images"):
-        train.check_format(traces.select(range(2)).remove_columns("images"))
+        train.check_dataset_format(traces.select(range(2)).remove_columns("images"))
     llava = traces.select(range(1)).map(
         lambda r: {"conversations": [{"from": "human", "value": "<image>q"}]},
         remove_columns=["prompt", "completion"])
     with pytest.raises(train.TrainError, match="LLaVA"):
-        train.check_format(llava)
+        train.check_dataset_format(llava)
     with pytest.raises(train.TrainError, match="no dataset at"):
         train.load_dataset_any("/nonexistent/dataset")
 
@@ -445,17 +446,17 @@ def test_resolve_sizes_a_t4_run_and_decides_checkpointing(tiny_cache):
     _, qwen = models.load(models.tiny("qwen2_vl"))
     t4 = env.Hardware("cuda", "Tesla T4", 14.7, False, "float16", 2)
     shape = train.SMOLVLM_500M
-    r = train.resolve(train.TrainSettings(), qwen, None, t4, shape)
+    r = train.resolve_settings(train.TrainSettings(), qwen, None, t4, shape)
     assert (r.preset, r.dtype, r.batch_size, r.grad_accum) == ("t4-16gb", "float16", 8, 2)
     assert r.longest_edge == 28 * 17  # Qwen: the pixel budget of SmolVLM's 320 image tokens
     assert not r.gradient_checkpointing and "vs 80% of 14.7 GB -> off" in r.checkpointing_reason
-    big = train.resolve(train.TrainSettings(batch_size=16), qwen, None, t4, shape)
+    big = train.resolve_settings(train.TrainSettings(batch_size=16), qwen, None, t4, shape)
     assert big.gradient_checkpointing and big.grad_accum == 1
     cpu = env.Hardware("cpu", None, None, False, "float32", 2)
     with pytest.raises(train.TrainError, match="QLoRA.*CUDA"):
-        train.resolve(train.TrainSettings(qlora=True), qwen, None, cpu, shape)
+        train.resolve_settings(train.TrainSettings(qlora=True), qwen, None, cpu, shape)
     with pytest.raises(train.TrainError, match="unknown preset"):
-        train.resolve(train.TrainSettings(preset="v100"), qwen, None, cpu, shape)
+        train.resolve_settings(train.TrainSettings(preset="v100"), qwen, None, cpu, shape)
 
 
 def test_out_of_memory_ladder():
@@ -531,7 +532,7 @@ def test_resume_skips_checkpoints_a_kill_left_incomplete(traces, tiny_cache, tmp
     assert "optimizer.pt" in train.checkpoint_problem(cut)
     assert "cut short" in train.checkpoint_problem(torn)
     said: list[str] = []
-    assert train._latest_checkpoint(folder, say=said.append) == str(good)
+    assert train.latest_checkpoint(folder, say=said.append) == str(good)
     assert [line.split(": ")[1] for line in said] == [
         f"skipping checkpoint-{n}" for n in (6, 5, 4, 3)]
     capsys.readouterr()
@@ -541,7 +542,7 @@ def test_resume_skips_checkpoints_a_kill_left_incomplete(traces, tiny_cache, tmp
     assert "skipping checkpoint-3: empty" in out and "resume: from checkpoint-2" in out
     assert again.card["resumed_from"].endswith("checkpoint-2") and again.card["steps"] == 3
     assert [s for s, _ in again.losses] == [3]
-    assert train._latest_checkpoint(tmp_path / "nothing-here", say=said.append) is None
+    assert train.latest_checkpoint(tmp_path / "nothing-here", say=said.append) is None
 
 
 def _step0_token_losses(variant: str, out: Path, n: int = 22):
@@ -582,3 +583,19 @@ def test_step0_targets_are_tokens_the_base_can_generate(variant, tmp_path):
     if variant == "direct":
         worst = loss[labels != -100].max().item()
         assert worst < 5.0, f"a direct target token costs {worst:.1f} nats under the base"
+
+
+def test_the_package_reexports_its_names_and_keeps_modules_short():
+    """cotlib.train is a package of short modules; callers keep writing ``train.X``. The
+    train-side names that clashed with other modules' (check_format, write_card, resolve,
+    PRESETS) now say what they do; PRESETS stays as an alias because notebook 05 uses it."""
+    import cotlib.train as package
+
+    folder = Path(package.__file__).parent
+    lengths = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
+    assert max(lengths.values()) <= 600, lengths
+    assert all(hasattr(train, name) for name in train.__all__)
+    assert train.PRESETS is train.HARDWARE_PRESETS
+    for old in ("check_format", "write_card", "resolve"):
+        assert not hasattr(train, old), old
+    assert train.check_dataset_format.__module__ == "cotlib.train.dataset"
