@@ -286,6 +286,30 @@ def test_load_adapter_and_merge_give_the_same_model(tiny_run, traces, tmp_path):
 
 
 
+def test_load_adapter_rebuilds_a_tiny_base_whose_folder_is_gone(tiny_run, traces, tmp_path):
+    """The card names the tiny base by a folder in a (pytest) cache that may be deleted; the
+    adapter then loads onto the tiny model rebuilt from the card's ``tiny-<family>``, and answers
+    as it did on the original folder."""
+    import shutil
+
+    moved = shutil.copytree(tiny_run.output_dir, tmp_path / "adapter")
+    card = json.loads((moved / "training_card.json").read_text())
+    assert card["model"] == "tiny-idefics3" and Path(card["model_source"]).exists()
+    card["model_source"] = str(tmp_path / "gone" / Path(card["model_source"]).name)
+    (moved / "training_card.json").write_text(json.dumps(card))
+    assert train.adapter_base(moved) == str(models.tiny("idefics3"))
+    row = traces[0]
+    logits = []
+    for folder in (tiny_run.output_dir, moved):
+        model, processor = train.load_adapter(folder)
+        text = models.chat_prompt(processor, row["prompt"][0]["content"][1]["text"])
+        with torch.no_grad():
+            logits.append(model(**models.encode(processor, row["images"], [text])).logits)
+    assert torch.equal(logits[0], logits[1])
+    card["model"] = "HuggingFaceTB/SmolVLM-256M-Instruct"  # not a tiny model: no rebuild
+    (moved / "training_card.json").write_text(json.dumps(card))
+    assert train.adapter_base(moved) == card["model_source"]
+
 def test_resume_from_checkpoint(traces, tiny_cache, tmp_path):
     rows = traces.select(range(16))
     common = dict(model="tiny-idefics3", output_dir=str(tmp_path), batch_size=2, logging_steps=1,

@@ -44,7 +44,7 @@ image tokens), :mod:`~cotlib.train.trainer` (settings resolved, ``SFTConfig``, t
 line). Every public name is re-exported here: ``from cotlib import train; train.X``.
 """
 
-from cotlib.train.adapters import load_adapter, merge
+from cotlib.train.adapters import adapter_base, load_adapter, merge
 from cotlib.train.card import plot_loss, read_card, training_card, write_training_card
 from cotlib.train.checkpoints import (
     CHECKPOINT_FILES,
@@ -123,7 +123,7 @@ __all__ = [
     "FAMILY_PARTS", "HARDWARE_PRESETS", "LM_PROJECTIONS", "LM_TARGET_REGEX", "PRESETS",
     "PRESET_TEXT_TOKENS", "QLORA_SKIP", "SMOLVLM_256M", "SMOLVLM_500M", "VISION_PROJECTIONS",
     "VISION_TARGET_REGEX", "EndOfTurnMask", "ModelShape", "Prepared", "Resolved", "TrainError",
-    "TrainPreset", "TrainResult", "TrainSettings", "as_messages", "build_parser",
+    "TrainPreset", "TrainResult", "TrainSettings", "adapter_base", "as_messages", "build_parser",
     "build_trainer", "check_dataset_format", "check_images", "checkpoint_problem",
     "count_image_tokens", "data_stats", "end_of_turn_ids", "estimate_training_memory_gb",
     "family_of", "is_language_model_target", "is_tiny", "language_model_of", "latest_checkpoint",
