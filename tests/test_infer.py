@@ -333,3 +333,14 @@ def test_feed_is_the_step_decode_stage_takes(tiny, tasks):
     naive = infer.start(model, processor, [tasks[0].get_image()], ["Hi?"], reuse_cache=False)
     with pytest.raises(ValueError, match="needs a state with a cache"):
         infer.feed(naive, [[1]])
+
+
+def test_the_package_reexports_its_names_and_keeps_modules_short():
+    """cotlib.infer is a package of short modules; callers keep writing ``infer.X``."""
+    from pathlib import Path
+
+    folder = Path(infer.__file__).parent
+    lengths = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
+    assert max(lengths.values()) <= 600, lengths
+    assert all(hasattr(infer, name) for name in infer.__all__)
+    assert infer.generate_stages.__module__ == "cotlib.infer.staged"
