@@ -190,8 +190,8 @@ def test_rows_stop_on_their_own(tiny, tasks, monkeypatch):
             ids[0] = eos
         return ids, lps
 
-    # decode_stage picks tokens with the _choose its own module imported
-    monkeypatch.setattr(infer.staged, "_choose", choose)
+    # decode_stage picks tokens with the choose_next its own module imported
+    monkeypatch.setattr(infer.staged, "choose_next", choose)
     images = [tasks[0].get_image(), tasks[1].get_image()]
     questions = [tasks[0].prompt_question(), tasks[1].prompt_question()]
     a, b = infer.generate_stages_batch(model, processor, images, questions,
@@ -200,7 +200,7 @@ def test_rows_stop_on_their_own(tiny, tasks, monkeypatch):
     assert b.stages["SUMMARY"].stop == "length" and b.stages["SUMMARY"].tokens == 4
     assert any("ended its answer" in p for p in a.problems)
     assert stages.close_tag("SUMMARY") in a.text
-    monkeypatch.setattr(infer.staged, "_choose", real_choose)
+    monkeypatch.setattr(infer.staged, "choose_next", real_choose)
     alone = infer.generate_stages(model, processor, images[1], questions[1],
                                   max_new_tokens_per_stage=4)
     assert alone.completion_ids == b.completion_ids

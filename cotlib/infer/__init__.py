@@ -55,14 +55,8 @@ from cotlib.infer.answers import (
     stage_block,
 )
 from cotlib.infer.generate import generate_ids, generate_one_pass, generate_text, memorise
-
-# Private helpers reached through the package (cotlib.search and cotlib.widgets use _device; the
-# tests _eos_ids, _rope_owner and _choose), re-exported under their old names.
-from cotlib.infer.plumbing import _device as _device
-from cotlib.infer.plumbing import _eos_ids as _eos_ids
-from cotlib.infer.plumbing import _rope_owner as _rope_owner
-from cotlib.infer.sampling import Sampling
-from cotlib.infer.sampling import _choose as _choose
+from cotlib.infer.plumbing import device_of, eos_ids, rope_owner
+from cotlib.infer.sampling import Sampling, choose_next
 from cotlib.infer.staged import (
     continue_from,
     decode_stage,
@@ -74,6 +68,10 @@ from cotlib.infer.staged import (
 )
 from cotlib.infer.state import DecodeState
 from cotlib.infer.streaming import printer
+
+# The helpers' former private names, still reached through the package (cotlib.search and
+# cotlib.widgets use _device; tests _eos_ids, _rope_owner and _choose).
+_device, _eos_ids, _rope_owner, _choose = device_of, eos_ids, rope_owner, choose_next
 
 __all__ = [
     "DEFAULT_MAX_TOKENS", "EOS", "GIVEN", "LENGTH", "SEP", "TAG", "DecodeState", "Sampling",

@@ -11,18 +11,18 @@ from typing import Any
 from cotlib import models
 from cotlib.infer.answers import answer_lead
 from cotlib.infer.plumbing import (
-    _decode,
-    _device,
-    _encode_text,
-    _eos_ids,
-    _extend_token_inputs,
-    _pad_id,
-    _rope_owner,
-    _tokenizer,
+    decode_ids,
+    device_of,
+    encode_text,
+    eos_ids,
+    extend_token_inputs,
+    pad_id,
+    rope_owner,
+    tokenizer_of,
 )
-from cotlib.infer.sampling import Sampling, _choose
+from cotlib.infer.sampling import Sampling, choose_next
 from cotlib.infer.staged import start
-from cotlib.infer.state import _feed
+from cotlib.infer.state import feed_chunks
 
 
 def generate_ids(
@@ -49,15 +49,15 @@ def generate_ids(
     import torch
 
     state = start(model, processor, images, list(prompts), prompts=prompts)
-    eos, n = _eos_ids(model, processor), state.size
+    eos, n = eos_ids(model, processor), state.size
     generator = None
     if sampling is not None and sampling.seed is not None:
-        generator = torch.Generator(device=_device(model)).manual_seed(sampling.seed)
+        generator = torch.Generator(device=device_of(model)).manual_seed(sampling.seed)
     out: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
     with torch.inference_mode():
         for _ in range(max_new_tokens):
-            ids, _ = _choose(state.logits, sampling, generator)
+            ids, _ = choose_next(state.logits, sampling, generator)
             feed: list[list[int]] = [[] for _ in range(n)]
             for i in range(n):
                 if done[i]:
@@ -69,7 +69,7 @@ def generate_ids(
                     feed[i] = [ids[i]]
             if all(done):
                 break
-            _feed(state, feed)
+            feed_chunks(state, feed)
     return out
 
 
@@ -95,7 +95,7 @@ def generate_text(
     """
     rows = generate_ids(model, processor, images, prompts, max_new_tokens=max_new_tokens,
                         sampling=sampling)
-    return [_decode(processor, ids) for ids in rows]
+    return [decode_ids(processor, ids) for ids in rows]
 
 
 def generate_one_pass(
@@ -115,11 +115,11 @@ def generate_one_pass(
     import torch
 
     batch = models.encode(processor, [image], [models.chat_prompt(processor, question)],
-                          device=_device(model))
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(processor))
+                          device=device_of(model))
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id(processor))
     if min_new_tokens:
         kwargs["min_new_tokens"] = min_new_tokens
-    owner = _rope_owner(model)
+    owner = rope_owner(model)
     saved = owner.rope_deltas if owner is not None else None
     try:
         with torch.inference_mode():
@@ -128,7 +128,7 @@ def generate_one_pass(
         if owner is not None:
             owner.rope_deltas = saved
     new = out[0, batch["input_ids"].shape[1]:].tolist()
-    return new, _decode(processor, new)
+    return new, decode_ids(processor, new)
 
 
 def memorise(
@@ -144,18 +144,18 @@ def memorise(
     """
     import torch
 
-    device = _device(model)
+    device = device_of(model)
     batch = models.encode(processor, [image], [models.chat_prompt(processor, question)],
                           device=device)
-    tok = _tokenizer(processor)
-    answer = _encode_text(processor, answer_lead(processor) + answer_text) + [tok.eos_token_id]
+    tok = tokenizer_of(processor)
+    answer = encode_text(processor, answer_lead(processor) + answer_text) + [tok.eos_token_id]
     extra = torch.tensor([answer], device=device)
     ids = torch.cat([batch["input_ids"], extra], dim=1)
     kwargs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
-    _extend_token_inputs(model, kwargs, extra)
+    extend_token_inputs(model, kwargs, extra)
     labels = ids.clone()
     labels[:, : batch["input_ids"].shape[1]] = -100
-    owner = _rope_owner(model)
+    owner = rope_owner(model)
     saved = owner.rope_deltas if owner is not None else None
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses: list[float] = []

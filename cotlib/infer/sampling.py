@@ -27,7 +27,7 @@ class Sampling:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
-def _choose(logits, sampling: Sampling | None, generator):
+def choose_next(logits, sampling: Sampling | None, generator):
     """Pick one token per row: argmax, or a temperature / top-p sample. Returns ids and the
     chosen tokens' log-probabilities under the unmodified model distribution."""
     import torch

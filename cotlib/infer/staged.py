@@ -22,9 +22,9 @@ from cotlib.infer.answers import (
     answer_lead,
     stage_block,
 )
-from cotlib.infer.plumbing import _decode, _device, _encode_text, _eos_ids, _ids_with_gt
-from cotlib.infer.sampling import Sampling, _choose
-from cotlib.infer.state import DecodeState, _feed, _prefill, _Row
+from cotlib.infer.plumbing import decode_ids, device_of, encode_text, eos_ids, ids_with_gt
+from cotlib.infer.sampling import Sampling, choose_next
+from cotlib.infer.state import DecodeState, Row, feed_chunks, prefill
 
 
 def start(
@@ -61,7 +61,7 @@ def start(
     pil = [im if hasattr(im, "convert") else cimages.load_image(im) for im in images]
     texts = list(prompts) if prompts is not None else [models.chat_prompt(processor, q)
                                                        for q in questions]
-    batch = models.encode(processor, pil, texts, device=_device(model))
+    batch = models.encode(processor, pil, texts, device=device_of(model))
     lead = answer_lead(processor)
     stage_index, head = 0, lead
     if given:
@@ -78,8 +78,8 @@ def start(
             head += SEP
     if stage_index < len(stages.STAGES) and prompts is None:
         head += stages.open_tag(stages.STAGES[stage_index])
-    first = _encode_text(processor, head) if prompts is None else []
-    rows = [_Row(q, int(n), list(first))
+    first = encode_text(processor, head) if prompts is None else []
+    rows = [Row(q, int(n), list(first))
             for q, n in zip(questions, batch["attention_mask"].sum(dim=-1).tolist())]
     for row in rows:
         for s in stages.STAGES[:stage_index]:
@@ -87,7 +87,7 @@ def start(
     state = DecodeState(model, processor, rows, stage_index, batch, reuse_cache)
     if reuse_cache:
         with torch.inference_mode():
-            _prefill(state, [[] for _ in rows])
+            prefill(state, [[] for _ in rows])
     return state
 
 
@@ -111,7 +111,7 @@ def feed(state: DecodeState, chunks: Sequence[Sequence[int]]) -> None:
     if not state.reuse_cache or state.cache is None:
         raise ValueError("feed needs a state with a cache: start(..., reuse_cache=True)")
     with torch.inference_mode():
-        _feed(state, [list(c) for c in chunks])
+        feed_chunks(state, [list(c) for c in chunks])
 
 
 def _stage_budget(stage: str, max_new_tokens: int | Mapping[str, int] | None) -> int:
@@ -122,28 +122,28 @@ def _stage_budget(stage: str, max_new_tokens: int | Mapping[str, int] | None) ->
     return int(max_new_tokens)
 
 
-def _close_stage(state: DecodeState, row: _Row, stage: str, tokens: list[int],
+def _close_stage(state: DecodeState, row: Row, stage: str, tokens: list[int],
                  logprobs: list[float], stop: str, seconds: float) -> StageResult:
     """Record a finished stage and set the row's pending tokens (stop token, closing tag,
     separator, next opening tag), re-tokenized as the rendered trace would be."""
     proc = state.processor
     close, nxt = stages.close_tag(stage), stages.next_stage(stage)
     cont = SEP + stages.open_tag(nxt) if nxt else ""
-    text = _decode(proc, tokens)
+    text = decode_ids(proc, tokens)
     if stop == TAG:
         end = text.find(close) + len(close)
         body = text[: end - len(close)]
-        kept_text = _decode(proc, tokens[:-1])
+        kept_text = decode_ids(proc, tokens[:-1])
         if text.startswith(kept_text) and len(kept_text) <= end:
             # the last token (not fed yet) is replaced by the canonical tokens of its text up to
             # the end of the tag plus the continuation; anything it held after the tag is dropped
-            pending = _encode_text(proc, text[len(kept_text): end] + cont)
+            pending = encode_text(proc, text[len(kept_text): end] + cont)
         else:  # pragma: no cover - odd byte-level splits: keep the token as is
-            pending = [tokens[-1]] + _encode_text(proc, cont)
+            pending = [tokens[-1]] + encode_text(proc, cont)
     else:
         body = text
         closing = close if text.endswith((" ", "\n")) or not text else " " + close
-        pending = ([tokens[-1]] if stop == LENGTH and tokens else []) + _encode_text(
+        pending = ([tokens[-1]] if stop == LENGTH and tokens else []) + encode_text(
             proc, closing + cont)
     row.pending = pending
     result = StageResult(stage, body.strip(), tokens, logprobs, seconds, stop)
@@ -193,9 +193,9 @@ def decode_stage(
     if budget < 1:
         raise ValueError(f"need at least 1 token per stage, got {budget}")
     proc, close = state.processor, stages.close_tag(stage)
-    gt, eos = _ids_with_gt(proc), _eos_ids(state.model, proc)
+    gt, eos = ids_with_gt(proc), eos_ids(state.model, proc)
     if sampling is not None and generator is None and sampling.seed is not None:
-        generator = torch.Generator(device=_device(state.model)).manual_seed(sampling.seed)
+        generator = torch.Generator(device=device_of(state.model)).manual_seed(sampling.seed)
     t0 = time.perf_counter()
     n = state.size
     tokens: list[list[int]] = [[] for _ in range(n)]
@@ -205,14 +205,14 @@ def decode_stage(
     with torch.inference_mode():
         chunks = [row.pending for row in state.rows]
         if state.reuse_cache:
-            _feed(state, chunks)
+            feed_chunks(state, chunks)
         else:  # naive: re-encode image + prompt + everything so far, as LLaVA-CoT's demo does
-            _prefill(state, [row.completion_ids + row.pending for row in state.rows])
+            prefill(state, [row.completion_ids + row.pending for row in state.rows])
         for row in state.rows:
             row.completion_ids += row.pending
             row.pending = []
         while True:
-            ids, lps = _choose(state.logits, sampling, generator)
+            ids, lps = choose_next(state.logits, sampling, generator)
             feed: list[list[int]] = [[] for _ in range(n)]
             for i in range(n):
                 if stops[i] is not None:
@@ -226,11 +226,11 @@ def decode_stage(
                     if len(tokens[i]) >= budget:
                         stops[i] = LENGTH
                     if force_tokens is None and tok_id in gt:
-                        window = _decode(proc, tokens[i][-(len(close) + 1):])
+                        window = decode_ids(proc, tokens[i][-(len(close) + 1):])
                         if close in window:
                             stops[i] = TAG
                 if on_token is not None:
-                    on_token(i, stage, _visible(_decode(proc, tokens[i]), close))
+                    on_token(i, stage, _visible(decode_ids(proc, tokens[i]), close))
                 if stops[i] is None:
                     feed[i] = [tok_id]
                 else:
@@ -242,7 +242,7 @@ def decode_stage(
                         on_stage_end(i, stage, results[i])
             if all(s is not None for s in stops):
                 break
-            _feed(state, feed)
+            feed_chunks(state, feed)
     elapsed = time.perf_counter() - t0
     for r in results:
         r.seconds = elapsed  # rows share the batched calls: report the stage's wall time
@@ -259,8 +259,8 @@ def finish(state: DecodeState) -> list[StagedAnswer]:
     for row in state.rows:
         ids = row.completion_ids + row.pending  # the last stage's closing tag
         answers.append(StagedAnswer(
-            row.question, dict(row.results), _decode(state.processor, ids), ids, row.prompt_tokens,
-            state.prefill_seconds, total,
+            row.question, dict(row.results), decode_ids(state.processor, ids), ids,
+            row.prompt_tokens, state.prefill_seconds, total,
         ))
     return answers
 
@@ -300,7 +300,7 @@ def generate_stages_batch(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     generator = None
     if sampling is not None and sampling.seed is not None:
-        generator = torch.Generator(device=_device(model)).manual_seed(sampling.seed)
+        generator = torch.Generator(device=device_of(model)).manual_seed(sampling.seed)
     answers: list[StagedAnswer] = []
     for lo in range(0, len(questions), batch_size):
         hi = min(lo + batch_size, len(questions))
@@ -347,7 +347,7 @@ def generate_stages(
     state = start(model, processor, [image], [question], given=given, reuse_cache=reuse_cache)
     generator = None
     if sampling is not None and sampling.seed is not None:
-        generator = torch.Generator(device=_device(model)).manual_seed(sampling.seed)
+        generator = torch.Generator(device=device_of(model)).manual_seed(sampling.seed)
     tok_cb = (lambda i, s, t: on_token(s, t)) if on_token else None
     end_cb = (lambda i, s, r: on_stage_end(s, r)) if on_stage_end else None
     while state.next_stage is not None:

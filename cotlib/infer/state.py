@@ -13,18 +13,18 @@ from typing import Any
 from cotlib import stages
 from cotlib.infer.answers import StageResult
 from cotlib.infer.plumbing import (
-    _cache_kwarg,
-    _device,
-    _extend_token_inputs,
-    _left_pad,
-    _out_cache,
-    _pad_id,
-    _rope_owner,
+    cache_kwarg,
+    device_of,
+    extend_token_inputs,
+    left_pad,
+    out_cache,
+    pad_id,
+    rope_owner,
 )
 
 
 @dataclass
-class _Row:
+class Row:
     question: str
     prompt_tokens: int
     pending: list[int]  # tokens to feed before the next stage is decoded
@@ -44,7 +44,7 @@ class DecodeState:
 
     model: Any = field(repr=False)
     processor: Any = field(repr=False)
-    rows: list[_Row]
+    rows: list[Row]
     stage_index: int  # index in stages.STAGES of the next stage to decode
     batch: Any = field(repr=False)  # the encoded prompt (ids, mask, pixels), for the naive path
     reuse_cache: bool = True
@@ -101,24 +101,24 @@ class DecodeState:
         )
 
 
-def _prefill(state: DecodeState, chunks: Sequence[Sequence[int]]):
+def prefill(state: DecodeState, chunks: Sequence[Sequence[int]]):
     """Encode prompt + image (+ per-row extra tokens) from scratch into a fresh cache."""
     import torch
     from transformers import DynamicCache
 
     model, batch = state.model, state.batch
-    device = _device(model)
+    device = device_of(model)
     if any(chunks) and not all(chunks):
-        raise ValueError("_prefill needs extra tokens for every row or for none")
-    extra_ids, extra_mask = _left_pad(chunks, _pad_id(state.processor), device)
+        raise ValueError("prefill needs extra tokens for every row or for none")
+    extra_ids, extra_mask = left_pad(chunks, pad_id(state.processor), device)
     ids = torch.cat([batch["input_ids"], extra_ids], dim=1)
     mask = torch.cat([batch["attention_mask"], extra_mask], dim=1)
     kwargs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
-    owner, state.cache_kw = _rope_owner(model), _cache_kwarg(model)
+    owner, state.cache_kw = rope_owner(model), cache_kwarg(model)
     t0 = time.perf_counter()
     cache = DynamicCache()
     if owner is not None:  # Qwen-VL: the model computes 3-D positions and its rope_deltas
-        _extend_token_inputs(model, kwargs, extra_ids)
+        extend_token_inputs(model, kwargs, extra_ids)
         saved, owner.rope_deltas = owner.rope_deltas, None
         try:
             out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1,
@@ -132,19 +132,19 @@ def _prefill(state: DecodeState, chunks: Sequence[Sequence[int]]):
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                     logits_to_keep=1, **{state.cache_kw: cache}, **kwargs)
         next_pos = mask.sum(dim=-1)
-    state.cache, state.mask, state.next_pos = _out_cache(out), mask, next_pos
+    state.cache, state.mask, state.next_pos = out_cache(out), mask, next_pos
     state.mrope = owner is not None
     state.logits = out.logits[:, -1].float()
     _sync(device)
     state.prefill_seconds += time.perf_counter() - t0
 
 
-def _feed(state: DecodeState, chunks: Sequence[Sequence[int]]) -> None:
+def feed_chunks(state: DecodeState, chunks: Sequence[Sequence[int]]) -> None:
     """Feed per-row token lists (possibly empty) through the cached model; update logits."""
     import torch
 
-    device = _device(state.model)
-    ids, chunk_mask = _left_pad(chunks, _pad_id(state.processor), device)
+    device = device_of(state.model)
+    ids, chunk_mask = left_pad(chunks, pad_id(state.processor), device)
     if ids.shape[1] == 0:
         return
     mask = torch.cat([state.mask, chunk_mask], dim=1)
@@ -157,7 +157,7 @@ def _feed(state: DecodeState, chunks: Sequence[Sequence[int]]) -> None:
     has = chunk_mask.any(dim=-1, keepdim=True)
     new = out.logits[:, -1].float()
     state.logits = new if state.logits is None else torch.where(has, new, state.logits)
-    state.cache, state.mask = _out_cache(out), mask
+    state.cache, state.mask = out_cache(out), mask
     state.next_pos = state.next_pos + chunk_mask.sum(dim=-1)
 
 
