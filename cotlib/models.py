@@ -203,16 +203,9 @@ def course_corpus() -> list[str]:
                     answer,
                 )
             )
+        lines.append(synth.vocabulary())  # the word list, held by the task-type registry
     except ImportError:  # pragma: no cover - synth is part of the package
         pass
-    words = (
-        "red green blue yellow purple orange circle square triangle bar chart small large "
-        "left right above below top bottom middle centre how many what which color colour "
-        "shape object objects there is are more fewer than total value tallest shortest "
-        "difference between the a an of in on and yes no answer question image option "
-        "0 1 2 3 4 5 6 7 8 9 10 11 12 zero one two three four five six seven eight nine ten"
-    )
-    lines.append(words)
     return lines
 
 

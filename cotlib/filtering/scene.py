@@ -76,12 +76,9 @@ def scene_problem(caption: str, scene: Mapping, allowed_text: str = "") -> tuple
     'scene:wrong_value'
     >>> scene_problem("The red bar is shorter than the blue bar, which has a value of 5.", scene)
     """
-    items = scene.get("objects") if scene.get("kind") == "shapes" else scene.get("bars")
-    items = items or []
+    items = synth.scene_items(scene)  # raises for a scene of no known kind
     allowed = allowed_text.lower()
-    colours = {o["color"] for o in items} | {"white"}
-    if scene.get("kind") == "bars":
-        colours |= {"black", "gray", "grey"}  # axes and grid lines
+    colours = {o["color"] for o in items} | set(synth.DRAWN_COLOURS[scene["kind"]])
     for m in _COLOUR_RE.finditer(caption):
         word = m.group(1).lower()
         if _canonical_colour(word) not in colours and not re.search(rf"\b{word}", allowed):

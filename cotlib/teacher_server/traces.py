@@ -25,43 +25,9 @@ log = logging.getLogger(__name__)
 # -----------------------------------------------------------------------------
 # writing a trace (pure functions: no server needed)
 
-#: The local teacher's wording varies like a real teacher's (three plans per question kind, three
-#: caption leads, three closers) but keeps to words of the course's scenes and questions: the
-#: shipped base's 695-token vocabulary spells other words letter by letter, and the tiny model's
-#: format broke in such words: with an earlier wording (32 tokens per plan, 24 now), 10 of a
-#: demo's 12 badly formatted answers garbled the SUMMARY and lost its closing tag.
-_PLANS: dict[str, tuple[str, ...]] = {
-    "count": (
-        "I will look at the grid and count the {target}s.",
-        "The question is how many {target}s there are, so I will look at the grid and count them.",
-        "To answer, I will look at the grid cell by cell and count the {target}s.",
-    ),
-    "compare_counts": (
-        "I will count the two sets of objects and compare the counts.",
-        "To answer, I will count the objects of the two sets, then see which has more.",
-        "I will count the objects the question is about and find which set has more.",
-    ),
-    "count_sum": (
-        "I will count the two sets of objects and add the counts.",
-        "The question asks for a total, so I will count the two sets and add them.",
-        "I will count the objects of the two sets, then add the two counts for the total.",
-    ),
-    "spatial": (
-        "I will find the objects in the question and look at their cells in the grid.",
-        "To answer, I will find the relevant objects and look at where they are in the grid.",
-        "I will find the cells of the relevant objects and compare their positions.",
-    ),
-    "color_of_shape": (
-        "I will find the shape the question is about and look at its color.",
-        "To answer, I will find the shape of that size and give its color.",
-        "I will look at the shapes of that kind, find the one of that size and give its color.",
-    ),
-    "bars": (
-        "I will read the height of every bar from the gridlines, then answer.",
-        "The image is a bar chart, so I will read the value of every bar from the gridlines.",
-        "To answer, I will read the bars on the gridlines and compare their values.",
-    ),
-}
+#: The local teacher's wording varies like a real teacher's (three plans per question kind, held by
+#: each task type: ``synth.task_type(name).plans``; three caption leads, three closers) but keeps
+#: to words of the course's scenes and questions (see :data:`cotlib.synth.shapes.COUNT_PLANS`).
 _CAPTION_LEADS = ("", "The image shows: ", "In the image: ")
 _CLOSERS = ("So the answer is {answer}.", "The final answer is {answer}.",
             "That makes the answer {answer}.")
@@ -70,14 +36,6 @@ _REFUSALS = (
     "I'm sorry, but I can't assist with this request.",
     "Sorry, I can't help with analysing this image.",
 )
-
-
-def _plan_kind(task_type: str) -> str:
-    if task_type.startswith("count_") and task_type != "count_sum":
-        return "count"
-    if task_type.startswith("bar_"):
-        return "bars"
-    return task_type
 
 
 def _target(params: dict) -> str:
@@ -138,7 +96,7 @@ def draft_trace(
         if not agrees:
             note = "answer_disagrees"
             steps = [*steps, f"Taking another look, the answer is {standard}."]
-    plan = rng.choice(_PLANS.get(_plan_kind(parsed.task_type), _PLANS["spatial"]))
+    plan = rng.choice(synth.task_type(parsed.task_type).plans)
     closer = rng.choice(_CLOSERS).format(answer=answer)
     sep = rng.choice((" ", "\n"))
     return Draft(
