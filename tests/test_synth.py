@@ -41,7 +41,7 @@ from cotlib.synth import (  # noqa: E402
 
 DATA = ROOT / "data" / "tasks"
 SPLIT_SIZES = {"train": 240, "val": 60, "test": 120, "heldout": 330}
-TYPES = list(REGISTRY)  # every registered type, the opt-in ones too
+TYPES = list(REGISTRY)  # every registered type, the opt-in ones (bar_sum) too
 
 
 def png_roundtrip(img: Image.Image) -> Image.Image:
@@ -130,6 +130,7 @@ def test_every_task_type_produced_and_balanced():
         assert t.question == t.question.strip() and t.question.endswith("?")
     forms = {t.params["form"] for t in make_tasks(330, seed=1)}
     assert forms == {form for form, (name, _) in TEMPLATES.items() if name in TASK_TYPES}
+    assert "bar_sum" not in counts  # opt-in: made only when asked for by name
 
 
 def test_answer_balance():

@@ -1,17 +1,20 @@
 """The task-type registry (cotlib.synth.registry): the refactor changed no task, image, question,
 answer, solver step, teacher wording, scene-check verdict or tokenizer corpus (digests recorded
-from the code before the registry, commit eb55722), and an unknown type is an error."""
+from the code before the registry, commit eb55722), an unknown type is an error, and a new type is
+one entry: bar_sum, opt-in, end to end (generate, render, solve, the local teacher, the filter)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 
 import pytest
+from PIL import Image
 
-from cotlib import images, models, synth
-from cotlib.filtering import scene_problem
+from cotlib import images, models, stages, synth, teacher, teacher_server
+from cotlib.filtering import filter_traces, scene_problem
 from cotlib.teacher_server import traces
 
 #: The default mix before the registry, in its order (it fixes the type make_task(seed) draws).
@@ -147,7 +150,8 @@ def test_the_registry_changed_nothing():
 
 def test_default_mix_is_the_course_types_in_order():
     assert list(synth.TASK_TYPES) == DEFAULT_TYPES
-    assert set(synth.REGISTRY) >= set(DEFAULT_TYPES)
+    assert set(synth.REGISTRY) == {*DEFAULT_TYPES, "bar_sum"}
+    assert all(synth.make_task(seed).task_type != "bar_sum" for seed in range(3000))
     assert {t.task_type for t in synth.make_tasks(120, seed=2)} == set(DEFAULT_TYPES)
 
 
@@ -197,3 +201,93 @@ def test_register_refuses_a_clash_or_a_missing_part():
 def test_scene_check_refuses_a_scene_of_no_known_kind():
     with pytest.raises(ValueError, match="unknown scene kind 'pie'"):
         scene_problem("A red slice.", {"kind": "pie", "slices": []})
+
+
+# -----------------------------------------------------------------------------
+# the new type, end to end
+
+
+def png(img: Image.Image) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+def test_bar_sum_generates_renders_and_solves():
+    answers = set()
+    for seed in range(200):
+        for mc in (False, True):
+            task = synth.make_task(seed, "bar_sum", mc)
+            assert task == synth.make_task(seed, "bar_sum", mc)
+            assert task.id == f"bar_sum-{seed}" + ("-mc" if mc else "")
+            values = {b["color"]: b["value"] for b in task.scene["bars"]}
+            p = task.params
+            assert p["form"] == "bar_sum" and p["color"] != p["color2"]
+            assert task.answer == str(values[p["color"]] + values[p["color2"]])
+            answers.add(task.answer)
+            scene = synth.scene_from_image(png(task.get_image()))
+            assert scene == task.scene
+            answer, steps = synth.solve(task.prompt_question(), scene)
+            assert answer == task.answer
+            a, b = values[p["color"]], values[p["color2"]]
+            assert steps[:3] == [f"The {p['color']} bar has value {a}.",
+                                 f"The {p['color2']} bar has value {b}.",
+                                 f"In total {a} + {b} = {a + b}."]
+            parsed = synth.parse_question(task.prompt_question())
+            assert (parsed.task_type, parsed.params, parsed.choices) == ("bar_sum", p,
+                                                                          task.choices)
+            if mc:
+                assert steps[-1] == f"That matches option {task.answer_letter}."
+                assert len(set(task.choices)) == 4
+                assert all(2 <= int(c) <= 18 for c in task.choices)
+    assert len(answers) >= 14  # sums from 2 to 18
+    assert [t.task_type for t in synth.make_tasks(4, task_types=["bar_sum", "bar_max"])] == [
+        "bar_sum", "bar_max", "bar_sum", "bar_max"]
+
+
+def test_bar_sum_words_are_in_the_tokenizer_vocabulary():
+    """Its question uses only the word list's words, so the tokenizer corpus stays as it was."""
+    words = set(synth.vocabulary().split())
+    template = synth.task_type("bar_sum").templates["bar_sum"]
+    question = template.replace("{color2}", "").replace("{color}", "").rstrip("?").lower()
+    assert set(question.split()) <= words
+    assert synth.vocabulary() == synth.BASE_WORDS
+    assert models.course_corpus()[-1] == synth.BASE_WORDS
+
+
+def _trace(task: synth.Task, fault: str | None = None, seed: int = 0) -> str:
+    body = {"model": teacher.LOCAL_MODEL, "messages": teacher.build_messages(task)}
+    result = teacher_server.complete(body, seed=seed, fault=fault,
+                                     fault_rng=random.Random(f"{task.id}:{seed}"))
+    return result["choices"][0]["message"]["content"]
+
+
+def _record(task: synth.Task, text: str) -> dict:
+    return teacher.make_record(task.id, text, model="m", mode="conditioned")
+
+
+def test_the_local_teacher_drafts_bar_sum_traces_the_filter_keeps():
+    tasks = synth.make_tasks(24, seed=5, task_types=["bar_sum"], mc_fraction=0.5)
+    plans = synth.task_type("bar_sum").plans
+    texts = [_trace(t, seed=s) for s in (0, 1) for t in tasks]
+    for task, text in zip(tasks * 2, texts, strict=True):
+        parts = stages.parse(text).stages
+        assert parts["SUMMARY"] in plans
+        assert parts["CONCLUSION"] == task.answer
+        assert "In total" in parts["REASONING"]
+    verdicts = filter_traces([_record(t, x) for t, x in zip(tasks * 2, texts, strict=True)],
+                             tasks, dedupe=False)
+    assert [(v.task_id, v.reasons) for v in verdicts if not v.kept] == []
+    wrong = filter_traces([_record(t, _trace(t, "wrong_answer")) for t in tasks], tasks,
+                          allow_empty=True)
+    assert {v.family for v in wrong} == {"answer"}
+
+
+def test_the_filter_catches_a_wrong_bar_value_in_a_bar_sum_caption():
+    task = synth.make_task(3, "bar_sum", False)
+    bar = task.scene["bars"][0]
+    good = stages.parse(_trace(task)).stages
+    bad_caption = f"The {bar['color']} bar has a height of {bar['value'] % 9 + 1}."
+    text = stages.render_dict({**good, "CAPTION": bad_caption})
+    (verdict,) = filter_traces([_record(task, text)], [task], allow_empty=True)
+    assert verdict.reasons == ["scene:wrong_value"]

@@ -28,7 +28,7 @@ Conventions (what the answers mean):
   prompt ends with "Answer with the option's letter.".
 
 A new task type is one ``register(TaskType(...))`` call; types registered with
-``default=False`` are made only when asked for by name, so the type
+``default=False`` (such as ``bar_sum``) are made only when asked for by name, so the type
 ``make_task(seed)`` draws for a seed never changes.
 """
 

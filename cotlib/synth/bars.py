@@ -1,11 +1,13 @@
 """Task types about bar charts: the tallest and shortest bar, a bar's value, the difference of two
-bars. Each type is one :func:`~cotlib.synth.registry.register` call below (generator, templates,
-solver, plans).
+bars, and (opt-in) the total of two bars. Each type is one
+:func:`~cotlib.synth.registry.register` call below (generator, templates, solver, plans).
 
     >>> from cotlib.synth import make_task, solve
-    >>> task = make_task(4, "bar_diff", multiple_choice=False)
-    >>> solve(task.question, task.scene)[0] == task.answer
-    True
+    >>> task = make_task(4, "bar_sum", multiple_choice=False)
+    >>> task.question
+    'What is the total value of the orange bar and the purple bar?'
+    >>> solve(task.question, task.scene)
+    ('5', ['The orange bar has value 2.', 'The purple bar has value 3.', 'In total 2 + 3 = 5.'])
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ def _gen_bars(rng: random.Random, task_type: str) -> tuple[dict, dict]:
     bars = [{"color": c, "value": v} for c, v in zip(colors, values, strict=True)]
     return {"kind": "bars", "bars": bars}, {"form": task_type, **params}
 
+
+
+def _gen_two_bars(rng: random.Random, config: SceneConfig) -> tuple[dict, dict]:
+    """A chart of 3 to 5 bars and two different bars of it to add (bar_sum)."""
+    n = rng.randint(3, 5)
+    colors = rng.sample(COLORS, n)
+    values = [rng.randint(1, MAX_BAR_VALUE) for _ in range(n)]
+    i, j = rng.sample(range(n), 2)
+    bars = [{"color": c, "value": v} for c, v in zip(colors, values, strict=True)]
+    return {"kind": "bars", "bars": bars}, {"form": "bar_sum", "color": colors[i],
+                                            "color2": colors[j]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -92,6 +105,17 @@ def _solve_diff(scene: dict, p: dict, config: SceneConfig) -> tuple[str, list[st
     ]
 
 
+def _solve_sum(scene: dict, p: dict, config: SceneConfig) -> tuple[str, list[str]]:
+    """bar_sum: read the two bars, then add their values."""
+    values = _values(scene, p)
+    a, b = values[p["color"]], values[p["color2"]]
+    return str(a + b), [
+        f"The {p['color']} bar has value {a}.",
+        f"The {p['color2']} bar has value {b}.",
+        f"In total {a} + {b} = {a + b}.",
+    ]
+
+
 # ---------------------------------------------------------------------------------------
 # the types
 
@@ -126,4 +150,17 @@ register(TaskType(
     templates={"bar_value": "What is the value of the {color} bar?"},
     generate=lambda rng, config: _gen_bars(rng, "bar_value"), solve=_solve_value,
     plans=BAR_PLANS, number_range=(1, MAX_BAR_VALUE),
+))
+# Opt-in (not in the default mix): made by make_task(seed, "bar_sum") or
+# make_tasks(n, task_types=["bar_sum"]); its question uses only words of BASE_WORDS.
+register(TaskType(
+    name="bar_sum", scene="bars",
+    templates={"bar_sum": "What is the total value of the {color} bar and the {color2} bar?"},
+    generate=_gen_two_bars, solve=_solve_sum,
+    plans=(
+        "I will read the values of the two bars from the gridlines and add them.",
+        "The question asks for a total, so I will read the two bars and add their values.",
+        "To answer, I will read the value of each of the two bars, then add the two values.",
+    ),
+    number_range=(2, 2 * MAX_BAR_VALUE), default=False,
 ))

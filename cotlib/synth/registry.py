@@ -10,6 +10,8 @@ corpus (:func:`cotlib.models.course_corpus`) all read it; an unknown type is an 
     >>> from cotlib import synth
     >>> synth.task_type("bar_diff").scene, synth.task_type("bar_diff").forms
     ('bars', ('bar_diff',))
+    >>> synth.task_type("bar_sum").default  # opt-in: made when asked for by name
+    False
     >>> synth.task_type("count_rows")
     Traceback (most recent call last):
     ...
