@@ -193,16 +193,8 @@ def course_corpus() -> list[str]:
         from cotlib import synth
 
         for task in synth.make_tasks(160, seed=12345):
-            answer, steps = synth.solve(task.prompt_question(), task.scene)
             lines.append(task.prompt_question())
-            lines.append(
-                stages.render(
-                    f"I will look at the image and answer: {task.question}",
-                    synth.describe(task.scene),
-                    " ".join(steps),
-                    answer,
-                )
-            )
+            lines.append(synth.reference_trace(task))
         lines.append(synth.vocabulary())  # the word list, held by the task-type registry
     except ImportError:  # pragma: no cover - synth is part of the package
         pass

@@ -91,16 +91,22 @@ from cotlib.synth.questions import (
     solve,
     solve_params,
 )
-from cotlib.synth.tasks import Task, load_split, make_task, make_tasks, save_split
+from cotlib.synth.tasks import (
+    Task,
+    load_split,
+    make_task,
+    make_tasks,
+    reference_trace,
+    save_split,
+)
 
 __all__ = [
     "AXIS", "BACKGROUND", "BASE_WORDS", "COLORS", "DEFAULT_CONFIG", "DRAWN_COLOURS",
-    "GENERATOR_VERSION",
-    "GRIDLINE", "LETTERS", "MAX_BAR_VALUE", "MAX_OBJECTS", "MC_INSTRUCTION", "OFFSETS", "PALETTE",
-    "REGISTRY", "RELATIONS", "SCENE_KINDS", "SHAPES", "SIZES", "TASK_TYPES", "TEMPLATES",
-    "ParsedQuestion", "SceneConfig", "Task", "TaskType", "answer_question", "describe",
-    "format_prompt", "listing", "load_split", "make_task", "make_tasks", "parse_question",
-    "position_name", "question_text", "register", "render", "save_split", "scene_from_image",
-    "scene_items",
-    "solve", "solve_params", "task_type", "type_of_form", "validate_scene", "vocabulary",
+    "GENERATOR_VERSION", "GRIDLINE", "LETTERS", "MAX_BAR_VALUE", "MAX_OBJECTS", "MC_INSTRUCTION",
+    "OFFSETS", "PALETTE", "REGISTRY", "RELATIONS", "SCENE_KINDS", "SHAPES", "SIZES", "TASK_TYPES",
+    "TEMPLATES", "ParsedQuestion", "SceneConfig", "Task", "TaskType", "answer_question",
+    "describe", "format_prompt", "listing", "load_split", "make_task", "make_tasks",
+    "parse_question", "position_name", "question_text", "reference_trace", "register", "render",
+    "save_split", "scene_from_image", "scene_items", "solve", "solve_params", "task_type",
+    "type_of_form", "validate_scene", "vocabulary",
 ]

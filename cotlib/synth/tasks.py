@@ -14,8 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from cotlib import stages
 from cotlib.synth import registry
-from cotlib.synth.questions import answer_question, format_prompt, question_text
+from cotlib.synth.questions import answer_question, format_prompt, question_text, solve
 from cotlib.synth.registry import TASK_TYPES
 from cotlib.synth.scenes import (
     COLORS,
@@ -24,6 +25,7 @@ from cotlib.synth.scenes import (
     PALETTE,
     SHAPES,
     SceneConfig,
+    describe,
     render,
 )
 
@@ -181,6 +183,25 @@ def make_tasks(
     mc = [i < n_mc for i in range(n)]
     random.Random(f"mc:{seed}").shuffle(mc)
     return [make_task(seed * 1_000_000 + i, types[i % len(types)], mc[i], config) for i in range(n)]
+
+
+def reference_trace(task: Task, config: SceneConfig = DEFAULT_CONFIG) -> str:
+    """The solver's own trace for a task, in the course format: a plan naming the question, the
+    scene's caption (:func:`describe`), the solver's steps and its answer (the option's text for
+    multiple choice). The tokenizer corpus, teacher-free training data and notebook 06 use it.
+
+    >>> print(reference_trace(make_task(3, "bar_value", multiple_choice=False)))
+    <SUMMARY> I will look at the image and answer: What is the value of the orange bar? </SUMMARY>
+    <BLANKLINE>
+    <CAPTION> A bar chart with 4 bars, from left to right: a orange bar of height 2; ... </CAPTION>
+    <BLANKLINE>
+    <REASONING> Bar values ... The orange bar reaches gridline 2, so its value is 2. </REASONING>
+    <BLANKLINE>
+    <CONCLUSION> 2 </CONCLUSION>
+    """
+    answer, steps = solve(task.prompt_question(), task.scene, config)
+    return stages.render(f"I will look at the image and answer: {task.question}",
+                         describe(task.scene, config), " ".join(steps), answer)
 
 
 def save_split(tasks: list[Task], folder: str | Path) -> None:
