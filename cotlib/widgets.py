@@ -236,18 +236,12 @@ def cpu_threads(model) -> Any:
     machine one thread decoded a 0.3M-parameter model about 7x faster than two. Larger models
     and GPUs are left alone.
     """
-    import torch
-
     on_cpu = infer._device(model).type == "cpu"
     if not on_cpu or models.count_parameters(model)["total"] >= TINY_PARAMETERS:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with env.torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def stand_in(photo: str = DEFAULT_PHOTO, question: str = DEFAULT_QUESTION, *,
