@@ -34,56 +34,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from random_smolvlm import build_random_smolvlm  # noqa: E402  (beside this script)
 
 from cotlib import infer, models, synth  # noqa: E402
 
 CONFIGS = ("tiny-idefics3", "tiny-qwen2_vl", "smolvlm-256m")
 
 
-def build_smolvlm_256m(device: str, dtype):
-    """Idefics3 with SmolVLM-256M-Instruct's sizes, random weights, the tiny tokenizer."""
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import (
-        Idefics3ImageProcessorPil,
-    )
-
-    _, tiny = models.load(models.tiny("idefics3"), device="cpu", dtype="float32")
-    tok = tiny.tokenizer
-    image_processor = Idefics3ImageProcessorPil(
-        size={"longest_edge": 2048}, max_image_size={"longest_edge": 512},
-        do_image_splitting=True,
-    )
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok,
-                                  image_seq_len=64, chat_template=tiny.chat_template)
-    config = Idefics3Config(
-        text_config=dict(
-            model_type="llama", vocab_size=49280, hidden_size=576, intermediate_size=1536,
-            num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
-            max_position_embeddings=8192, rms_norm_eps=1e-5,
-            rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
-        ),
-        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                           num_attention_heads=12, image_size=512, patch_size=16),
-        scale_factor=4, image_token_id=tok.convert_tokens_to_ids("<image>"),
-        pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Idefics3ForConditionalGeneration(config)
-    model.to(dtype=dtype).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.do_sample = False
-    return model, processor
-
-
 def build(name: str, device: str):
     dtype = torch.float32 if device == "cpu" else (
         torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     if name == "smolvlm-256m":
-        return build_smolvlm_256m(device, dtype)
+        model, processor = build_random_smolvlm(name, device, dtype)
+        tok = processor.tokenizer
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.do_sample = False
+        return model, processor
     family = name.removeprefix("tiny-")
     return models.load(models.tiny(family), device=device,
                        dtype=str(dtype).removeprefix("torch."))

@@ -46,46 +46,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from random_smolvlm import SMOLVLM, build_random_smolvlm  # noqa: E402  (beside this script)
+
 RECIPES = ("trl-default", "course", "course-ckpt")
-SMOLVLM = {  # text sizes; vision: SigLIP-B/16 at 512 px, scale factor 4 -> 64 tokens per tile
-    "smolvlm-256m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3),
-    "smolvlm-500m": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
-                         num_attention_heads=15, num_key_value_heads=5),
-}
 
 
 def build_smolvlm(name: str, folder: Path, device: str) -> Path:
     """Save an Idefics3 model with SmolVLM's real sizes (random weights, bf16) + a processor."""
     import torch
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import (
-        Idefics3ImageProcessorPil,
-    )
 
-    from cotlib import models
-
-    _, tiny = models.load(models.tiny("idefics3"), device="cpu", dtype="float32")
-    tok = tiny.tokenizer
-    processor = Idefics3Processor(
-        image_processor=Idefics3ImageProcessorPil(
-            size={"longest_edge": 2048}, max_image_size={"longest_edge": 512},
-            do_image_splitting=True),
-        tokenizer=tok, image_seq_len=64, chat_template=tiny.chat_template)
-    config = Idefics3Config(
-        text_config=dict(
-            model_type="llama", vocab_size=49280, head_dim=64, max_position_embeddings=8192,
-            rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id, tie_word_embeddings=False, **SMOLVLM[name]),
-        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                           num_attention_heads=12, image_size=512, patch_size=16),
-        scale_factor=4, image_token_id=tok.convert_tokens_to_ids("<image>"),
-        pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Idefics3ForConditionalGeneration(config)
-    model.to(torch.bfloat16).save_pretrained(folder)
+    model, processor = build_random_smolvlm(name, device, torch.bfloat16)
+    model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
 
