@@ -26,14 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
                            + " / ".join(f"tiny-{f}" for f in families.names())
                            + " build a random tiny model")
     demo.add_argument("--tasks", type=int, default=None,
-                      help="test tasks to answer (default: all 120 of data/tasks/test)")
+                      help="test tasks to answer (default: all 330 of data/tasks/heldout)")
     demo.add_argument("--beam-tasks", type=int, default=None,
-                      help="test tasks for the beam-search row (default: the first 24)")
+                      help="test tasks for the search rows: beam, best-of-N, SWIRES (default: "
+                           "the first 24; --full: all)")
     demo.add_argument("--extra-tasks", type=int, default=None,
                       help="synthetic training tasks generated beyond the shipped 240")
     demo.add_argument("--epochs", type=float, default=None, help="LoRA epochs (both adapters)")
     demo.add_argument("--fast", action="store_true",
                       help="seconds-scale settings (also with COTLIB_FAST=1)")
+    demo.add_argument("--full", action="store_true",
+                      help="every row of the paper's table: also CoT SFT without stage tags (a "
+                           "third LoRA run), and the searches on every test task (about 30 "
+                           "minutes on 2 CPU cores)")
 
     sub.add_parser("doctor", help="check the setup: versions, GPU, disk, key presence")
 
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return demo(args.run, base=args.base, n_tasks=args.tasks, beam_tasks=args.beam_tasks,
                     extra_tasks=args.extra_tasks, epochs=args.epochs,
-                    fast=args.fast or env.is_fast())
+                    fast=args.fast or env.is_fast(), full=args.full)
     if args.command == "doctor":
         print(env.report())
         print(offline_check())
@@ -120,16 +125,22 @@ def offline_check() -> str:
 
 def demo(run: str = "demo", *, base: str | None = None, n_tasks: int | None = None,
          beam_tasks: int | None = None, extra_tasks: int | None = None,
-         epochs: float | None = None, fast: bool = False) -> int:
+         epochs: float | None = None, fast: bool = False, full: bool = False) -> int:
     """The whole offline pipeline on the embedded defaults (:mod:`cotlib.experiment`): writes
-    ``runs/<run>/report.md`` with the four-system table and figures. Returns the exit code."""
+    ``runs/<run>/report.md`` with the systems' table and figures. ``full``: every row
+    (:meth:`cotlib.experiment.ExperimentConfig.full`). Returns the exit code."""
     from dataclasses import replace
 
     from transformers.utils import logging as hf_logging
 
     from cotlib import evaluate, experiment
 
-    config = experiment.ExperimentConfig.fast() if fast else experiment.ExperimentConfig()
+    if fast and full:
+        print("error: --fast and --full exclude each other (fast mode: seconds-scale settings; "
+              "--full: every row at the demo's scale); pick one", file=sys.stderr)
+        return 1
+    config = (experiment.ExperimentConfig.fast() if fast else experiment.ExperimentConfig.full()
+              if full else experiment.ExperimentConfig())
     overrides = {"base": base, "test_tasks": n_tasks, "beam_tasks": beam_tasks,
                  "extra_train_tasks": extra_tasks, "epochs": epochs}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -142,7 +153,8 @@ def demo(run: str = "demo", *, base: str | None = None, n_tasks: int | None = No
             print(f"error: unknown tiny family {family!r}; use {use}", file=sys.stderr)
             return 1
         config = replace(config, base=str(models.tiny(family)))
-    mode = "fast mode (seconds-scale settings)" if fast else "the demo's settings"
+    mode = ("fast mode (seconds-scale settings)" if fast else "every row (--full)" if full
+            else "the demo's settings")
     print(f"cotlib demo: the miniature LLaVA-CoT experiment, {mode}; base "
           f"{config.base or env.BASE_DIR}")
     hf_logging.disable_progress_bar()  # no "Loading weights" bar for every model load

@@ -46,7 +46,7 @@ from PIL import Image
 
 from cotlib import stages
 
-VARIANTS = ("cot", "direct")
+VARIANTS = ("cot", "direct", "untagged")
 
 
 class DatasetError(ValueError):
@@ -167,11 +167,17 @@ def build_row(task: Any, text: str, variant: str = "cot") -> dict:
     """One dataset row for ``task`` and its trace ``text``; ``images`` holds a PIL image.
 
     ``variant="cot"``: the completion is the canonical four-stage text; ``"direct"``: the answer
-    alone (:func:`direct_answer`).
+    alone (:func:`direct_answer`); ``"untagged"``: the same four texts without their tags
+    (:func:`cotlib.stages.untag`, the paper's "w/o structured tags" ablation).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    target = cot_completion(text) if variant == "cot" else direct_answer(task, text)
+    if variant == "direct":
+        target = direct_answer(task, text)
+    else:
+        target = cot_completion(text)
+        if variant == "untagged":
+            target = stages.untag(stages.parse(target).stages)
     return {
         "prompt": prompt_messages(task.prompt_question()),
         "completion": completion_messages(target),
@@ -371,6 +377,8 @@ def write_card(folder: str | Path, stats: Mapping[str, Any]) -> Path:
     completion = ("the four-stage trace `<SUMMARY> … </SUMMARY> <CAPTION> … </CAPTION> "
                   "<REASONING> … </REASONING> <CONCLUSION> … </CONCLUSION>`"
                   if variant == "cot" else
+                  "the same four stage texts without their tags, a blank line between them"
+                  if variant == "untagged" else
                   "the answer alone (the option's text for multiple choice)")
     card = f"""---
 language: en

@@ -49,6 +49,10 @@ EXTRA_TASK_SEED = 7
 
 #: The four systems, in table order (the first row is the reference for the overhead columns).
 SYSTEMS = ("base (direct)", "direct SFT", "CoT SFT", "CoT SFT + beam")
+#: Rows after the four: the paper's other searches on the beam row's tasks
+#: (:attr:`ExperimentConfig.best_of_n`, :attr:`ExperimentConfig.swires`), and its "w/o structured
+#: tags" ablation (:attr:`ExperimentConfig.untagged`, in :meth:`ExperimentConfig.full`).
+BEST_OF_N, SWIRES, UNTAGGED = "CoT SFT + best-of-N", "CoT SFT + SWIRES", "CoT SFT, no tags"
 
 
 class ExperimentError(RuntimeError):
@@ -74,6 +78,14 @@ class ExperimentConfig:
     controls: bool = True
     beam_tasks: int | None = 24  # the beam row's subset (the first ones); None: all test tasks
     beam_n: int = 2  # candidates per stage, as in LLaVA-CoT's paper (its code: 10)
+    #: Whole answers sampled for the best-of-N row (on the beam row's tasks); 0: no such row.
+    best_of_n: int = 4
+    #: The SWIRES row (the paper's later stage-wise retracing search, ``cotlib.search.swires``
+    #: with its defaults and the model's own log-likelihood as the scorer) on the beam row's tasks.
+    swires: bool = True
+    #: Train a third adapter on the same traces without their stage tags (the paper's "w/o
+    #: structured tags" ablation) and score it: one more LoRA run, so only in :meth:`full`.
+    untagged: bool = False
     fault_rate: float = 0.1  # share of traces the local teacher breaks, per fault kind
     #: Learning rates picked on the validation split (60 tasks; scripts/tune_lr.py, 437 kept
     #: traces, 8 epochs, batch 4, LoRA r=64 + lm_head) for the tiled base of 2026-12-06.
@@ -135,12 +147,25 @@ class ExperimentConfig:
         """Seconds-scale settings for tests and fast mode (a handful of tasks and steps)."""
         settings: dict[str, Any] = dict(
             extra_train_tasks=0, shipped_train_tasks=24, test_split="test", test_tasks=8,
-            beam_tasks=3, beam_n=2,
+            beam_tasks=3, beam_n=2, best_of_n=2,
             epochs=1.0, max_new_tokens=48, batch_size=8,
             # one thread: a seconds-scale run gains nothing from a second one, and under
             # `make test` the other core is busy with another test
             threads=1,
             side_by_side=False)  # a second process would spend longer importing than training
+        settings.update(overrides)
+        return cls(**settings)
+
+    @classmethod
+    def full(cls, **overrides: Any) -> ExperimentConfig:
+        """Every row of the paper's table on every test task: the demo's settings plus the
+        untagged ablation, and the searches on all held-out tasks rather than the first 24
+        (``cotlib demo --full``; longer than the demo's 10 minutes).
+
+        >>> c = ExperimentConfig.full(); (c.untagged, c.beam_tasks, c.best_of_n > 0, c.swires)
+        (True, None, True, True)
+        """
+        settings: dict[str, Any] = dict(untagged=True, beam_tasks=None)
         settings.update(overrides)
         return cls(**settings)
 
@@ -229,16 +254,23 @@ def make_traces(tasks: Sequence, run: Path, config: ExperimentConfig) -> list[di
     return sorted(filtering.read_traces(path), key=lambda r: order.get(r["task_id"], len(order)))
 
 
-def filter_and_build(records: list[dict], tasks: Sequence, run: Path) -> dict[str, Any]:
-    """Filter the traces (``verdicts.jsonl``) and build the CoT and direct-answer datasets from
-    the same kept traces (``dataset/`` and ``dataset_direct/``). Returns both and the verdicts."""
+#: Each dataset variant's folder in the run.
+DATASET_FOLDERS = {"cot": "dataset", "direct": "dataset_direct", "untagged": "dataset_untagged"}
+
+
+def filter_and_build(records: list[dict], tasks: Sequence, run: Path,
+                     variants: Sequence[str] = ("cot", "direct")) -> dict[str, Any]:
+    """Filter the traces (``verdicts.jsonl``) and build each variant's dataset from the same kept
+    traces (``dataset/``, ``dataset_direct/``, ``dataset_untagged/``: :data:`DATASET_FOLDERS`).
+    Returns them by variant, and the verdicts."""
     from datasets import DatasetDict
 
     from cotlib import data, filtering
 
     verdicts = filtering.filter_traces(records, tasks, out=run)
     built = {"verdicts": verdicts}
-    for variant, folder in (("cot", "dataset"), ("direct", "dataset_direct")):
+    for variant in variants:
+        folder = DATASET_FOLDERS[variant]
         ds = data.build_dataset(records, verdicts, tasks, variant=variant)
         if (run / folder).exists():
             shutil.rmtree(run / folder)
@@ -391,26 +423,23 @@ def answer_freely(model, processor, tasks: Sequence, max_new_tokens: int,
     return out
 
 
-def answer_beam(model, processor, tasks: Sequence, n: int, max_new_tokens: int | None = None,
-                progress: Callable[[int], Any] | None = None) -> Answers:
-    """Stage-level beam search (``cotlib.search``), ``n`` sampled candidates per stage, knockout
-    by length-normalised log-likelihood. Tokens count every candidate sampled (the search's real
-    cost); a trace is well formed only if the model closed every stage itself.
+def _stage_budgets(max_new_tokens: int | None) -> dict[str, int]:
+    """Each stage's own budget (``cotlib.infer.DEFAULT_MAX_TOKENS``) capped at the whole answer's
+    budget in free generation."""
+    from cotlib import infer
 
-    Each stage stops at its own budget (``cotlib.infer.DEFAULT_MAX_TOKENS``), capped at
-    ``max_new_tokens``, the whole answer's budget in free generation.
-    """
-    from cotlib import infer, search
+    return {stage: min(limit, max_new_tokens or limit)
+            for stage, limit in infer.DEFAULT_MAX_TOKENS.items()}
 
-    budgets = {stage: min(limit, max_new_tokens or limit)
-               for stage, limit in infer.DEFAULT_MAX_TOKENS.items()}
-    scorer = search.loglik_scorer()
+
+def answer_search(tasks: Sequence, search: Callable[[Any], Any],
+                  progress: Callable[[int], Any] | None = None) -> Answers:
+    """Answer each task with ``search(task)``, a ``cotlib.search`` function returning a
+    ``SearchTree``. Tokens count every candidate sampled (the search's real cost); a trace is
+    well formed only if the model closed every stage itself."""
     out = Answers([], [], [], [])
     for i, task in enumerate(tasks):
-        tree = search.beam_search_stages(model, processor, task.get_image(),
-                                         task.prompt_question(), n=n, scorer=scorer,
-                                         sampling=search.LLAVA_COT_SAMPLING,
-                                         max_new_tokens_per_stage=budgets)
+        tree = search(task)
         out.outputs.append(tree.answer.text)
         out.seconds.append(tree.seconds)
         out.tokens.append(sum(c.tokens for step in tree.steps for c in step.candidates))
@@ -418,6 +447,47 @@ def answer_beam(model, processor, tasks: Sequence, n: int, max_new_tokens: int |
         if progress is not None:
             progress(i + 1)
     return out
+
+
+def answer_beam(model, processor, tasks: Sequence, n: int, max_new_tokens: int | None = None,
+                progress: Callable[[int], Any] | None = None) -> Answers:
+    """Stage-level beam search (``cotlib.search``), ``n`` sampled candidates per stage, knockout
+    by length-normalised log-likelihood (:func:`answer_search`). Each stage stops at its own
+    budget (``cotlib.infer.DEFAULT_MAX_TOKENS``), capped at ``max_new_tokens``, the whole
+    answer's budget in free generation.
+    """
+    from cotlib import search
+
+    budgets, scorer = _stage_budgets(max_new_tokens), search.loglik_scorer()
+    return answer_search(tasks, lambda task: search.beam_search_stages(
+        model, processor, task.get_image(), task.prompt_question(), n=n, scorer=scorer,
+        sampling=search.LLAVA_COT_SAMPLING, max_new_tokens_per_stage=budgets), progress)
+
+
+def answer_best_of_n(model, processor, tasks: Sequence, n: int,
+                     max_new_tokens: int | None = None,
+                     progress: Callable[[int], Any] | None = None) -> Answers:
+    """Best-of-N: ``n`` whole answers sampled (T=0.6, top-p 0.9), the knockout's winner by
+    length-normalised log-likelihood kept (:func:`answer_search`)."""
+    from cotlib import search
+
+    budgets, scorer = _stage_budgets(max_new_tokens), search.loglik_scorer()
+    return answer_search(tasks, lambda task: search.best_of_n(
+        model, processor, task.get_image(), task.prompt_question(), n=n, scorer=scorer,
+        sampling=search.LLAVA_COT_SAMPLING, max_new_tokens_per_stage=budgets), progress)
+
+
+def answer_swires(model, processor, tasks: Sequence, max_new_tokens: int | None = None,
+                  progress: Callable[[int], Any] | None = None) -> Answers:
+    """SWIRES (``cotlib.search.swires`` with its defaults), scored by the model's own
+    length-normalised log-likelihood, where the paper uses an external reward model
+    (:func:`answer_search`)."""
+    from cotlib import search
+
+    budgets, scorer = _stage_budgets(max_new_tokens), search.loglik_scorer()
+    return answer_search(tasks, lambda task: search.swires(
+        model, processor, task.get_image(), task.prompt_question(), scorer=scorer,
+        sampling=search.LLAVA_COT_SAMPLING, max_new_tokens_per_stage=budgets), progress)
 
 
 def _every(log: Callable[[str], Any], name: str, total: int, each: int = 20):
@@ -478,7 +548,41 @@ def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentCo
              "knockout by length-normalised log-likelihood; opening tags fed by the decoder, "
              "well formed = the model closed every stage itself; no stage longer than "
              f"{config.max_new_tokens} tokens{subset}"))
+    searched = "; opening tags fed by the decoder, well formed = the model closed every stage " \
+        f"itself{subset}"
+    if config.best_of_n:
+        b = answer_best_of_n(model, processor, beam_tasks, config.best_of_n,
+                             config.max_new_tokens, _every(log, BEST_OF_N, len(beam_tasks), 10))
+        results.append(evaluate.score(
+            BEST_OF_N, beam_tasks, b.outputs, seconds=b.seconds, tokens=b.tokens,
+            well_formed=b.well_formed,
+            note=f"{config.best_of_n} whole answers sampled (T=0.6, top-p 0.9), knockout by "
+                 f"length-normalised log-likelihood{searched}"))
+    if config.swires:
+        b = answer_swires(model, processor, beam_tasks, config.max_new_tokens,
+                          _every(log, SWIRES, len(beam_tasks), 10))
+        results.append(evaluate.score(
+            SWIRES, beam_tasks, b.outputs, seconds=b.seconds, tokens=b.tokens,
+            well_formed=b.well_formed,
+            note="stage-wise retracing search (cotlib.search.swires: 4 captions, best 2 kept, 2 "
+                 "reasonings each, retrace when the second-best scores at most -1.0, at most 3 "
+                 "times; conclusions for the best 3), scored by the model's own "
+                 f"length-normalised log-likelihood, not the paper's reward model{searched}"))
     env.free_memory(model)
+    if config.untagged:
+        from cotlib import stages
+
+        model, processor = train.load_adapter(run / "adapter_untagged", device=device,
+                                              merge=True)
+        a = answer_freely(model, processor, test, config.max_new_tokens,
+                          _every(log, UNTAGGED, len(test)), config.answer_batch)
+        results.append(evaluate.score(
+            UNTAGGED, test, [stages.retag(o) for o in a.outputs], seconds=a.seconds,
+            tokens=a.tokens,
+            note="trained on the same traces without their stage tags; greedy, free generation; "
+                 "graded on its last paragraph when it wrote the four paragraphs it was trained "
+                 "on (then counted as well formed), else on its whole text"))
+        env.free_memory(model)
     return results, controls
 
 
@@ -538,7 +642,8 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
         timings["teacher"] = time.perf_counter() - t
 
         t = step(3, "filter the traces; build the CoT and direct-answer datasets")
-        built = filter_and_build(records, train_tasks, run)
+        built = filter_and_build(records, train_tasks, run, ("cot", "direct", "untagged")
+                                 if config.untagged else ("cot", "direct"))
         verdicts = built["verdicts"]
         kept = sum(v.kept for v in verdicts)
         reasons = Counter(v.reason for v in verdicts if not v.kept)
@@ -550,9 +655,16 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
                  f"({len(built['direct'])} rows) and on four-stage traces ({len(built['cot'])} "
                  f"rows){', side by side' if together else ''}")
         direct, cot = train_both(built, base, run, config, log)
+        trained = {"direct SFT": direct, "CoT SFT": cot}
+        if config.untagged:
+            log(f"      and on the same traces without their stage tags "
+                f"({len(built['untagged'])} rows)")
+            trained[UNTAGGED] = train_adapter(built["untagged"], base, run / "adapter_untagged",
+                                              config)
         timings["train_both" if together else "train_direct_then_cot"] = time.perf_counter() - t
 
-        t = step(5, "answer the test tasks with the four systems")
+        systems = len(SYSTEMS) + bool(config.best_of_n) + config.swires + config.untagged
+        t = step(5, f"answer the test tasks with the {systems} systems")
         results, controls = evaluate_systems(base, run, test, config, log, train_tasks)
         timings["evaluate"] = time.perf_counter() - t
 
@@ -567,7 +679,7 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
                                 "loss_last": r.losses[-1][1] if r.losses else None,
                                 "loss_rose": loss_rose(r.losses),
                                 "trainable": r.card.get("parameters", {}).get("trainable")}
-                         for name, r in (("direct SFT", direct), ("CoT SFT", cot))},
+                         for name, r in trained.items()},
             "side_by_side": together,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "test_split": config.test_split,
@@ -658,7 +770,8 @@ def reading(results: Sequence[EvalResult]) -> list[str]:
     """Plain sentences comparing the systems, computed from the numbers (nothing is assumed
     about which way they point): each comparison is paired (the same tasks), with a 95% interval
     for the difference and an exact McNemar test, and says whether the data support it.
-    Expects the four :data:`SYSTEMS` in order.
+    Expects the four :data:`SYSTEMS` in order, then any of the other rows (:data:`BEST_OF_N`,
+    :data:`SWIRES`, :data:`UNTAGGED`).
 
     >>> from cotlib import evaluate, stages, synth
     >>> ts = synth.make_tasks(44, seed=9)
@@ -709,6 +822,14 @@ def reading(results: Sequence[EvalResult]) -> list[str]:
         f"four stages, in order, closed and non-empty; with beam search {beam.format_rate:.1%} "
         "closed every stage themselves.",
     ]
+    by_name = {r.name: r for r in results[4:]}
+    for name, what in ((BEST_OF_N, "Best-of-N"), (SWIRES, "SWIRES")):
+        if name in by_name:
+            r = by_name[name]
+            lines.append(compare(r, same_tasks(cot, r), f"{what} vs greedy CoT SFT"
+                                 + ("" if r.n == cot.n else f" on the same {r.n} tasks")))
+    if UNTAGGED in by_name:
+        lines.append(compare(cot, by_name[UNTAGGED], "CoT SFT vs the same traces without tags"))
     return lines
 
 
@@ -844,7 +965,9 @@ def write_report(experiment: Experiment) -> Path:
         f"- machine: {m['device']}, {m['cpu_count']} CPU cores, load average "
         f"{m['load_average']} at the end",
         "- files: tasks/, traces.jsonl, verdicts.jsonl, dataset/, dataset_direct/, adapter/, "
-        "adapter_direct/, eval.json (every answer), experiment.json, overhead.png, by_type.png",
+        "adapter_direct/" + (", dataset_untagged/, adapter_untagged/" if cfg.get("untagged")
+                             else "")
+        + ", eval.json (every answer), experiment.json, overhead.png, by_type.png",
         "",
     ]
     path = run / "report.md"

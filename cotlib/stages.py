@@ -359,6 +359,34 @@ def render_dict(stages: Mapping[str, str], sep: str = SEP) -> str:
     return sep.join(parts)
 
 
+def untag(stages: Mapping[str, str]) -> str:
+    """The four stage texts without their tags, one paragraph each (a blank line between): the
+    paper's "w/o structured tags" ablation trains on this. A blank line inside a stage becomes a
+    line break, so that :func:`retag` finds the four paragraphs again.
+
+    >>> untag(parse(render("s", "c", "r", "4")).stages)
+    's\\n\\nc\\n\\nr\\n\\n4'
+    """
+    missing = [s for s in STAGES if not str(stages.get(s, "")).strip()]
+    if missing:
+        raise ValueError(f"untag: stages {missing} are missing or empty")
+    return SEP.join(re.sub(r"\n\s*\n", "\n", stages[s].strip()) for s in STAGES)
+
+
+def retag(text: str) -> str:
+    """An untagged answer (:func:`untag`'s form) with its tags put back, so that it is graded like
+    a tagged one: four non-empty paragraphs become the four stages; any other text is returned
+    unchanged (graded whole, and not well formed).
+
+    >>> final_answer(retag("s\\n\\nc\\n\\nr\\n\\n4")), retag("4")
+    ('4', '4')
+    """
+    paragraphs = [p for p in re.split(r"\n\s*\n", str(text).strip()) if p.strip()]
+    if len(paragraphs) != len(STAGES) or _has_stage_tag(text):
+        return text
+    return render(*paragraphs)
+
+
 # -----------------------------------------------------------------------------
 # the answer
 

@@ -52,7 +52,8 @@ def fast_run(tmp_path_factory):
     """One whole experiment in fast mode on the tiny random idefics3 model (~15 s), with the two
     LoRA runs side by side as in the demo (fast mode's default is one after the other)."""
     run = tmp_path_factory.mktemp("experiment")
-    config = experiment.ExperimentConfig.fast(base=str(models.tiny("idefics3")), side_by_side=True)
+    config = experiment.ExperimentConfig.fast(base=str(models.tiny("idefics3")), side_by_side=True,
+                                              untagged=True)
     lines: list[str] = []
     result = experiment.run_experiment(config, run, log=lines.append)
     return run, result, lines
@@ -63,7 +64,8 @@ def test_fast_run_writes_the_run_folder(fast_run):
     for name in ("tasks/tasks.jsonl", "traces.jsonl", "verdicts.jsonl", "dataset",
                  "dataset_direct", "adapter/adapter_config.json",
                  "adapter_direct/adapter_config.json", "eval.json", "experiment.json",
-                 "overhead.png", "by_type.png", "report.md", "train_direct.log"):
+                 "overhead.png", "by_type.png", "report.md", "train_direct.log",
+                 "dataset_untagged", "adapter_untagged/adapter_config.json"):
         assert (run / name).exists(), name
     assert [line[:5] for line in lines if line.startswith("[")] == [
         f"[{k}/6]" for k in range(1, 7)]
@@ -73,7 +75,8 @@ def test_fast_run_writes_the_run_folder(fast_run):
     assert "lm_head" in adapter["modules_to_save"]  # trained in full next to LoRA
     info = json.loads((run / "experiment.json").read_text())
     assert info["kept"] <= info["traces"] == 24
-    assert info["training"]["CoT SFT"]["steps"] == info["training"]["direct SFT"]["steps"]
+    assert (info["training"]["CoT SFT"]["steps"] == info["training"]["direct SFT"]["steps"]
+            == info["training"][experiment.UNTAGGED]["steps"])  # the same budget for each
     # rows follow the task order, not the teacher's arrival order: reruns train on the same data
     from datasets import load_from_disk
 
@@ -82,18 +85,35 @@ def test_fast_run_writes_the_run_folder(fast_run):
     assert ids == sorted(ids, key=order.index) and len(ids) == info["kept"]
 
 
-def test_fast_run_scores_four_systems_and_the_report_shows_them(fast_run):
+def test_fast_run_scores_every_system_and_the_report_shows_them(fast_run):
     run, result, _ = fast_run
     results = evaluate.load_results(run)
-    assert [r.name for r in results] == list(experiment.SYSTEMS)
-    assert [r.n for r in results] == [8, 8, 8, 3]  # beam search on a subset, as configured
+    assert [r.name for r in results] == [*experiment.SYSTEMS, experiment.BEST_OF_N,
+                                         experiment.SWIRES, experiment.UNTAGGED]
+    assert [r.n for r in results] == [8, 8, 8, 3, 3, 3, 8]  # searches on a subset, as configured
     assert results[0].format_rate == 0.0  # direct answers have no stages
-    assert results[3].mean_tokens > results[0].mean_tokens  # the search samples many tokens
+    for searched in results[3:6]:
+        assert searched.mean_tokens > results[0].mean_tokens  # the search samples many tokens
     assert all(len(r.rows) == r.n for r in results)
     assert experiment.table_matches_report(run)
     report = result.report.read_text()
     assert "on the first 3 of the 8 test tasks" in report
     assert "## Reading" in report and "Format compliance after CoT SFT" in report
+    for what in ("Best-of-N vs greedy CoT SFT", "SWIRES vs greedy CoT SFT",
+                 "CoT SFT vs the same traces without tags"):
+        assert what in report
+
+
+def test_untagged_ablation_trains_on_the_same_text_without_tags(fast_run):
+    from cotlib import data
+
+    run, _, _ = fast_run
+    cot = data.load(run / "dataset")["train"]
+    untagged = data.load(run / "dataset_untagged")["train"]
+    assert untagged["task_id"] == cot["task_id"]
+    for c, u in zip(cot["completion"], untagged["completion"]):
+        tagged, plain = c[0]["content"][0]["text"], u[0]["content"][0]["text"]
+        assert "<" not in plain and stages.retag(plain) == tagged  # the same text, tags removed
 
 
 def test_direct_sft_trains_on_answers_only(fast_run):
@@ -155,3 +175,11 @@ def test_same_tasks_rescores_on_a_subset():
     sub = experiment.same_tasks(full, beam)
     assert sub.n == 4 and sub.accuracy == 0.5
     assert experiment.same_tasks(full, full) is full
+
+
+def test_full_and_fast_exclude_each_other(capsys):
+    from cotlib import cli
+
+    assert cli.build_parser().parse_args(["demo", "--full"]).full
+    assert cli.demo(fast=True, full=True) == 1
+    assert "--fast and --full exclude each other" in capsys.readouterr().err

@@ -412,3 +412,15 @@ def test_parse_finishes_on_adversarial_input(text):
     # Catastrophic regex backtracking would hang here; pytest-timeout turns a hang into a failure.
     _check_parsed(parse(text))
     final_answer(text)
+
+
+def test_untag_and_retag_round_trip_and_refuse_what_is_not_four_paragraphs():
+    text = S.render("Plan.", "A grid.\n\nTwo cells.", "Step 1.\nStep 2.", "4")
+    plain = S.untag(S.parse(text).stages)
+    assert "<" not in plain and plain.count("\n\n") == 3  # a blank line inside a stage is folded
+    assert S.final_answer(S.retag(plain)) == "4" and S.is_valid(S.retag(plain))
+    for other in ("4", "a\n\nb\n\nc", "a\n\nb\n\nc\n\nd\n\ne",
+                  "<SUMMARY> a </SUMMARY>\n\nb\n\nc\n\nd"):
+        assert S.retag(other) == other  # graded whole, not well formed
+    with pytest.raises(ValueError, match="CONCLUSION"):
+        S.untag({"SUMMARY": "s", "CAPTION": "c", "REASONING": "r", "CONCLUSION": " "})
