@@ -204,17 +204,20 @@ def answer(model, processor, tasks: list[synth.Task], max_new_tokens: int = 4,
 
 @torch.no_grad()
 def caption_scores(model, processor, tasks: list[synth.Task], caption_format: str,
-                   max_new_tokens: int = 96) -> dict:
+                   max_new_tokens: int = 96, after_question: bool = False) -> dict:
     """Per-item caption accuracy on ``tasks``' scenes, by kind (an item = one object's size,
     colour, shape and cell, or one bar's colour and height at its place):
-    ``cotlib.attribution.score_caption`` of the greedy answer to CAPTION_QUESTION."""
+    ``cotlib.attribution.score_caption`` of the greedy answer to CAPTION_QUESTION, or
+    (``after_question``) to the task's own question followed by CAPTION_QUESTION — the context a
+    CoT answer's CAPTION is written in (after the question, not after "Describe the image.")."""
     from cotlib import attribution
 
     model.eval()
     counts: dict[str, Counter] = defaultdict(Counter)
     for i in range(0, len(tasks), 16):
         chunk = tasks[i:i + 16]
-        prompts = [models.chat_prompt(processor, CAPTION_QUESTION) for _ in chunk]
+        prompts = [models.chat_prompt(processor, f"{t.prompt_question()}\n{CAPTION_QUESTION}"
+                                      if after_question else CAPTION_QUESTION) for t in chunk]
         batch = models.encode(processor, [t.get_image() for t in chunk], prompts)
         ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
         texts = processor.batch_decode(ids[:, batch["input_ids"].shape[1]:],
@@ -232,6 +235,48 @@ def caption_scores(model, processor, tasks: list[synth.Task], caption_format: st
                    "item_accuracy": round(c["right"] / max(1, c["items"]), 3),
                    "invented": c["invented"], "exact_captions": c["exact"]}
             for kind, c in sorted(counts.items())}
+
+
+def worked_answer_of(text: str) -> str | None:
+    """The answer a text-only reasoning sample ends with ("... So the answer is X."), or None.
+
+    >>> worked_answer_of("Blue: 2. So the answer is 2."), worked_answer_of("Blue: 2.")
+    ('2', None)
+    """
+    import re
+
+    found = re.search(r"So the answer is (.+?)\.?\s*$", text.strip())
+    return found.group(1).strip() if found else None
+
+
+@torch.no_grad()
+def text_reasoning_scores(model, processor, tasks: list[synth.Task], caption_format: str,
+                          max_new_tokens: int = 160) -> dict:
+    """Text-only reasoning on ``tasks``: the true scene written out (as the caption format
+    writes it) and the question, no image; greedy; right when the worked answer's last
+    sentence ("So the answer is X.") holds the task's answer. What a CoT answer can reach when
+    its CAPTION is exactly right: the ceiling the REASONING stage starts from."""
+    tok = processor.tokenizer
+    tok.padding_side = "left"
+    model.eval()
+    right: dict[str, list[bool]] = defaultdict(list)
+    for i in range(0, len(tasks), 24):
+        chunk = tasks[i:i + 24]
+        prompts = [processor.apply_chat_template(
+            [{"role": "user",
+              "content": [{"type": "text", "text": text_question(t, caption_format)}]}],
+            add_generation_prompt=True) for t in chunk]
+        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        for task, text in zip(chunk, tok.batch_decode(ids[:, batch["input_ids"].shape[1]:],
+                                                      skip_special_tokens=True), strict=True):
+            said = worked_answer_of(text)
+            right[task.task_type].append(said is not None and evaluate.is_correct(task, said))
+    tok.padding_side = "right"
+    model.train()
+    n = sum(len(v) for v in right.values())
+    return {"tasks": n, "accuracy": round(sum(sum(v) for v in right.values()) / n, 4),
+            "by_type": {k: round(sum(v) / len(v), 4) for k, v in sorted(right.items())}}
 
 
 def baselines(tasks: list[synth.Task]) -> dict[str, tuple[str, float]]:
@@ -301,6 +346,13 @@ def score_seeing(folder: Path, heldout: int = 330) -> dict:
                          "by_type": r.by_type} for k, r in controls.items()},
         "captions": caption_scores(model, processor, tasks[:110],  # 10 of each task type
                                    log["args"].get("caption_format", "describe")),
+        # what a CoT answer needs beyond seeing: a caption in the question's context, and
+        # reasoning over a (true) scene description
+        "captions_after_question": caption_scores(
+            model, processor, tasks[:110], log["args"].get("caption_format", "describe"),
+            after_question=True),
+        "text_reasoning": text_reasoning_scores(
+            model, processor, tasks, log["args"].get("caption_format", "describe")),
     }
     path = folder / "scores.json"
     scores = json.loads(path.read_text())
@@ -332,7 +384,25 @@ def _seeing_lines(seeing: dict | None) -> list[str]:
         "answer of each type; accuracy in % [95% interval]:", "", *rows, "",
         f"Real minus blank images: {gap:+.1f} points.", "",
         f"Captions (\"{CAPTION_QUESTION}\", greedy; an item = one object's size, colour, shape and "
-        f"cell, or one bar's colour and height at its place): {caps}.", ""]
+        f"cell, or one bar's colour and height at its place): {caps}.", "",
+        *_skill_lines(seeing)]
+
+
+def _skill_lines(seeing: dict) -> list[str]:
+    """The card's lines on what a CoT answer needs beyond seeing (when scored)."""
+    after, text = seeing.get("captions_after_question"), seeing.get("text_reasoning")
+    if not after or not text:
+        return []
+    caps = "; ".join(f"{kind}: {v['item_accuracy']:.1%} of {v['items']} items"
+                     for kind, v in after.items())
+    types = ", ".join(f"{k} {100 * v:.0f}" for k, v in text["by_type"].items())
+    return [
+        "What a four-stage answer needs beyond seeing, measured on the same held-out tasks:", "",
+        f"- a caption after the task's question (the question, then \"{CAPTION_QUESTION}\"; a "
+        f"CoT answer's CAPTION comes after the question): {caps} right;",
+        f"- reasoning over the true scene written out, no image (the text-only samples' form): "
+        f"{text['accuracy']:.1%} of {text['tasks']} tasks reach the right answer (by type, %: "
+        f"{types}). That is the most a CoT answer can get even with a perfect caption.", ""]
 
 
 def mark_course_model(folder: Path, log: dict) -> Path:
@@ -349,7 +419,7 @@ def mark_course_model(folder: Path, log: dict) -> Path:
     return path
 
 
-def write_card(folder: Path, note: str = "") -> Path:
+def write_base_card(folder: Path, note: str = "") -> Path:
     """Write ``folder/README.md`` (the model card) from its ``training_log.json`` and
     ``scores.json``: every figure in it is what the run measured."""
     log = json.loads((folder / "training_log.json").read_text())
@@ -480,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             score_seeing(Path(args.out))
             mark_course_model(Path(args.out), json.loads(
                 (Path(args.out) / "training_log.json").read_text()))
-        write_card(Path(args.out), args.note)
+        write_base_card(Path(args.out), args.note)
         models.write_checksum(Path(args.out))
         return 0
     if args.short:  # measured: question loss 0.18x, caption loss 0.32x of the first logged, 98 s
@@ -575,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     (folder / "training_log.json").write_text(json.dumps(log, indent=1))
     (folder / "scores.json").write_text(json.dumps(final, indent=1))
     score_seeing(folder, args.heldout)
-    write_card(folder, args.note)
+    write_base_card(folder, args.note)
     models.write_checksum(folder)
     print(json.dumps(final["test"], indent=1))
     return 0
