@@ -169,8 +169,8 @@ def data_stats(dataset, tokenizer=None, sample: int = 1000) -> dict[str, Any]:
 
 
 def synthetic_traces(tasks=None, *, n: int | None = None, variant: str = "cot"):
-    """Rows in the course format from synthetic tasks, without a teacher: each trace is rendered
-    from the task's own solver (plan, ``synth.describe`` caption, ``synth.solve`` steps, answer).
+    """Rows in the course format from synthetic tasks, without a teacher: each trace is the
+    task's own solver's (``synth.reference_trace``: plan, caption, the solver's steps, answer).
 
     The rows are built by ``cotlib.data.build_row`` with ``cotlib.data.features()``, so they have
     exactly the shape notebook 04 saves (prompt, completion, images, task_id, task_type, answer,
@@ -182,17 +182,14 @@ def synthetic_traces(tasks=None, *, n: int | None = None, variant: str = "cot"):
     """
     from datasets import Dataset
 
-    from cotlib import data, stages, synth
+    from cotlib import data, synth
 
     if tasks is None:
         tasks = synth.load_split(env.DATA_DIR / "tasks" / "train")
     tasks = list(tasks)[:n] if n is not None else list(tasks)
     rows = []
     for task in tasks:
-        answer, steps = synth.solve(task.prompt_question(), task.scene)
-        text = stages.render(f"I will look at the image and answer: {task.question}",
-                             synth.describe(task.scene), " ".join(steps), answer)
-        rows.append(data.build_row(task, text, variant))
+        rows.append(data.build_row(task, synth.reference_trace(task), variant))
     with _quiet_datasets():
         return Dataset.from_list(rows, features=data.features())
 
