@@ -268,7 +268,7 @@ def test_accepts_records_and_plain_dicts(server, tasks, tmp_path):
                              progress=False)
     assert (summary.done, summary.failed) == (2, 1)
     assert summary.failures == {"image_error": 1}
-    records = teacher.load_results(tmp_path / "t.jsonl")
+    records = teacher.latest_records(tmp_path / "t.jsonl")
     assert records["own-1"]["final_answer"] == teacher.standard_answer(task)
     assert records["own-2"]["failure"].startswith("image_error:")
     with pytest.raises(ValueError, match="duplicate"):
@@ -369,7 +369,7 @@ def test_sigkill_mid_run_then_resume(tmp_path):
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        written = teacher.load_results(out)
+        written = teacher.latest_records(out)
         assert 6 <= len(written) < 30
         assert all(r["status"] == "done" for r in written.values())
         n_before = t.requests
@@ -392,7 +392,7 @@ def test_torn_last_line_is_ignored_then_repaired(server, tasks, tmp_path):
     whole = out.read_bytes()
     torn = json.dumps(teacher.make_record(tasks[2].id, "x", model=LOCAL, mode="conditioned"))
     out.write_bytes(whole + b"not json at all\n" + torn[:37].encode())  # garbage + torn tail
-    loaded = teacher.load_results(out)
+    loaded = teacher.latest_records(out)
     assert sorted(loaded) == sorted(t.id for t in first)
     summary = run_generation(tasks[:4], out, config(server), progress=False)
     assert (summary.skipped, summary.done) == (2, 2)
@@ -407,7 +407,7 @@ def test_load_keeps_last_record_and_compact_is_one_line_per_task(tmp_path):
         w.write(teacher.make_record("a", status="failed", failure="rate_limit: x", **kw))
         w.write(teacher.make_record("b", stages.render("s", "c", "r", "1"), **kw))
         w.write(teacher.make_record("a", stages.render("s", "c", "r", "2"), **kw))
-    assert teacher.load_results(out)["a"]["final_answer"] == "2"
+    assert teacher.latest_records(out)["a"]["final_answer"] == "2"
     assert teacher.compact_results(out) == 2
     records = lines(out)
     assert [r["task_id"] for r in records] == ["a", "b"]
@@ -467,7 +467,7 @@ def test_one_reader_two_views(tmp_path):
     assert teacher.UNREADABLE in every[3] and "line 5" in every[3][teacher.UNREADABLE]
     latest = teacher.latest_records(path)
     assert list(latest) == ["a", "b"] and latest["a"] == again
-    assert teacher.load_results is teacher.latest_records
+    assert not hasattr(teacher, "load_results")  # evaluate.load_results is the only one
 
 
 # --------------------------------------------------------------------------------------------
@@ -687,7 +687,7 @@ def test_batch_file_writer_and_output_reader(server, tasks, tmp_path):
     summary = teacher.read_batch_output(batch_out, traces)
     assert (summary.done, summary.failed, summary.total) == (3, 2, 5)
     assert summary.failures == {"bad_request": 1, "batch_error": 1}
-    records = teacher.load_results(traces)
+    records = teacher.latest_records(traces)
     for task in work[:3]:
         r = records[task.id]
         assert r["status"] == "done" and r["final_answer"] == teacher.standard_answer(task)
@@ -730,7 +730,7 @@ def test_fault_rates_and_injection_log(tasks, tmp_path):
     fault_of = {e["request_key"]: e["fault"] for e in log}
     expected = {x.id: teacher.standard_answer(x) for x in work}
     seen = set()
-    for r in teacher.load_results(tmp_path / "t.jsonl").values():
+    for r in teacher.latest_records(tmp_path / "t.jsonl").values():
         fault = fault_of.get(r["request_key"])
         seen.add(fault)
         if r["status"] == "failed":
@@ -762,7 +762,7 @@ def test_content_faults_do_not_depend_on_arrival_order(tmp_path):
             content = {e["request_key"]: e["fault"] for e in t.injections
                        if e["fault"] in ("refusal", "malformed", "wrong_answer")}
         texts = {r["task_id"]: r["text"]
-                 for r in teacher.load_results(tmp_path / f"c{concurrency}.jsonl").values()}
+                 for r in teacher.latest_records(tmp_path / f"c{concurrency}.jsonl").values()}
         runs.append((content, texts))
     (faults_1, texts_1), (faults_8, texts_8) = runs
     assert faults_1 and faults_1 == faults_8  # the same tasks broken the same way

@@ -236,11 +236,6 @@ def latest_records(path: str | Path) -> dict[str, dict]:
     return records
 
 
-#: The same as :func:`latest_records` (the name notebook 02 calls; ``cotlib.evaluate`` has a
-#: ``load_results`` of its own, for evaluation results).
-load_results = latest_records
-
-
 # -----------------------------------------------------------------------------
 # crash-safe JSONL results
 
