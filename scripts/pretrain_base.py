@@ -402,7 +402,8 @@ def _skill_lines(seeing: dict) -> list[str]:
         f"CoT answer's CAPTION comes after the question): {caps} right;",
         f"- reasoning over the true scene written out, no image (the text-only samples' form): "
         f"{text['accuracy']:.1%} of {text['tasks']} tasks reach the right answer (by type, %: "
-        f"{types}). That is the most a CoT answer can get even with a perfect caption.", ""]
+        f"{types}). That is the reasoning a CoT answer starts from before any CoT SFT, even "
+        "when its caption is perfect.", ""]
 
 
 def mark_course_model(folder: Path, log: dict) -> Path:

@@ -124,6 +124,24 @@ def test_shipped_base_loads_verified_and_answers_as_its_card_says():
     assert acc == pytest.approx(scores[kind]["accuracy"], abs=0.001)
 
 
+def test_the_skills_a_cot_answer_needs_are_measured_as_the_card_says():
+    """Captions after the task's question and text-only reasoning over the true scene: what a
+    four-stage answer needs beyond seeing, measured for the card."""
+    assert pb.worked_answer_of("Red: none. So the answer is 0.") == "0"
+    assert pb.worked_answer_of("So the answer is") is None
+    model, processor = models.load_base(dtype="float32", device="cpu")
+    tasks = synth.make_tasks(22, seed=pb.HELDOUT_SEED)
+    text = pb.text_reasoning_scores(model, processor, tasks, "listing")
+    assert text["tasks"] == 22 and set(text["by_type"]) == {t.task_type for t in tasks}
+    assert 0.0 <= text["accuracy"] <= 1.0
+    after = pb.caption_scores(model, processor, tasks[:11], "listing", after_question=True)
+    alone = pb.caption_scores(model, processor, tasks[:11], "listing")
+    assert set(after) == set(alone) and all(v["items"] > 0 for v in after.values())
+    seeing = json.loads((env.BASE_DIR / "scores.json").read_text())["seeing"]
+    assert seeing["text_reasoning"]["tasks"] == 330  # the shipped card reports both
+    assert set(seeing["captions_after_question"]) == {"bars", "shapes"}
+
+
 @pytest.mark.slow
 def test_short_mode_shows_a_falling_learning_curve(tmp_path):
     assert pb.main(["--short", "--out", str(tmp_path / "short")]) == 0
