@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cotlib import checks, stages
+from cotlib import checks, filtering, stages
 
 
 def test_cmp_values_and_tensors(capsys):
@@ -494,11 +494,6 @@ def test_answer_checker_stub_is_not_done(capsys):
 # where the checkers live
 # --------------------------------------------------------------------------------------------
 
-#: Pipeline code that still holds an exercise checker: filtering's hedging exercise moves to
-#: cotlib/checks with the rest of issue 20 (then this is empty).
-STILL_IMPORTING = ("cotlib/filtering",)
-
-
 def test_no_pipeline_module_imports_the_course_scaffolding():
     import ast
     from pathlib import Path
@@ -516,7 +511,6 @@ def test_no_pipeline_module_imports_the_course_scaffolding():
                      + [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             if any(n == "cotlib.checks" or n.startswith("cotlib.checks.") for n in names):
                 offenders.add(path.relative_to(root.parent).as_posix())
-    offenders = {p for p in offenders if not p.startswith(STILL_IMPORTING)}
     assert not offenders, f"pipeline modules importing cotlib.checks: {offenders}"
 
 
@@ -530,3 +524,21 @@ def test_every_notebook_checker_is_reachable_from_the_package():
         for name in dir(module):
             if name.startswith("check_") and callable(getattr(module, name)):
                 assert getattr(checks, name) is getattr(module, name), (info.name, name)
+
+
+def test_hedging_exercise_checker(capsys):
+    assert checks.check_hedging_exercise(filtering.check_hedging)
+    assert "all 6 cases pass" in capsys.readouterr().out
+
+    def substring(record, task):  # a common mistake: substring instead of whole words
+        conclusion = stages.parse(record["text"]).stages.get("CONCLUSION", "").lower()
+        return "style:hedging" if any(w in conclusion for w in filtering.HEDGE_WORDS) else None
+
+    assert not checks.check_hedging_exercise(substring)
+    assert "merely contains a hedge" in capsys.readouterr().out
+
+    def stub(record, task):
+        raise NotImplementedError
+
+    assert not checks.check_hedging_exercise(stub)
+    assert "not done yet" in capsys.readouterr().out

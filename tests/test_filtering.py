@@ -400,21 +400,3 @@ def test_judge_keeps_multiple_choice_traces_concluding_with_the_text_or_the_lett
 def test_verdict_json_round_trip():
     v = Verdict(False, ["refusal"], {"refusal": "x"}, "t1", "count_color")
     assert Verdict.from_json(json.loads(json.dumps(v.to_json()))) == v
-
-
-def test_hedging_exercise_checker(capsys):
-    assert filtering.check_hedging_exercise(filtering.check_hedging)
-    assert "all 6 cases pass" in capsys.readouterr().out
-
-    def substring(record, task):  # a common mistake: substring instead of whole words
-        conclusion = stages.parse(record["text"]).stages.get("CONCLUSION", "").lower()
-        return "style:hedging" if any(w in conclusion for w in filtering.HEDGE_WORDS) else None
-
-    assert not filtering.check_hedging_exercise(substring)
-    assert "merely contains a hedge" in capsys.readouterr().out
-
-    def stub(record, task):
-        raise NotImplementedError
-
-    assert not filtering.check_hedging_exercise(stub)
-    assert "not done yet" in capsys.readouterr().out

@@ -29,8 +29,9 @@ Records are the lines of ``traces.jsonl`` written by ``cotlib.teacher``: dicts w
 The package, read in this order (each module imports only the ones above it):
 :mod:`~cotlib.filtering.scene` (scene consistency), :mod:`~cotlib.filtering.checks` (the checks
 and their order), :mod:`~cotlib.filtering.judge` (the LLM judge), :mod:`~cotlib.filtering.run`
-(verdicts, duplicates, :func:`filter_traces`, files), :mod:`~cotlib.filtering.reporting` (the report
-and the agreement with the fault log), :mod:`~cotlib.filtering.exercise` (notebook 03's checker).
+(verdicts, duplicates, :func:`filter_traces`, files) and :mod:`~cotlib.filtering.reporting` (the
+report and the agreement with the fault log). Notebook 03's exercise checkers are in
+:mod:`cotlib.checks.nb03_filtering`.
 """
 
 from cotlib.filtering.checks import (
@@ -53,10 +54,6 @@ from cotlib.filtering.checks import (
     length_check,
     parse_record,
     word_count,
-)
-from cotlib.filtering.exercise import (
-    check_hedging_exercise,
-    hedging_cases,
 )
 from cotlib.filtering.judge import (
     JUDGE_INSTRUCTION,
@@ -123,7 +120,6 @@ __all__ = [
     "check_answer",
     "check_format",
     "check_hedging",
-    "check_hedging_exercise",
     "check_length",
     "check_refusal",
     "check_scene",
@@ -133,7 +129,6 @@ __all__ = [
     "excerpt",
     "filter_traces",
     "find_duplicates",
-    "hedging_cases",
     "injected_kinds",
     "is_refusal",
     "jaccard",
