@@ -45,6 +45,7 @@ from typing import Any
 from PIL import Image
 
 from cotlib import stages
+from cotlib.tables import markdown_table
 
 VARIANTS = ("cot", "direct", "untagged")
 
@@ -369,11 +370,10 @@ def write_card(folder: str | Path, stats: Mapping[str, Any]) -> Path:
     variant = stats.get("variant", "cot")
     rows = stats.get("rows", {})
     types = sorted({t for per in stats.get("task_types", {}).values() for t in per})
-    header = "| task type | " + " | ".join(rows) + " |\n|---" + "|---" * len(rows) + "|\n"
-    body = "".join(
-        f"| {t} | " + " | ".join(str(stats["task_types"].get(s, {}).get(t, 0)) for s in rows)
-        + " |\n" for t in types)
-    total = "| **total** | " + " | ".join(str(n) for n in rows.values()) + " |\n"
+    table = markdown_table(
+        ["task type", *rows],
+        [*([t, *(stats["task_types"].get(s, {}).get(t, 0) for s in rows)] for t in types),
+         ["**total**", *rows.values()]])
     completion = ("the four-stage trace `<SUMMARY> … </SUMMARY> <CAPTION> … </CAPTION> "
                   "<REASONING> … </REASONING> <CONCLUSION> … </CONCLUSION>`"
                   if variant == "cot" else
@@ -412,7 +412,8 @@ completion only (prompt and image tokens are masked).
 
 ## Rows
 
-{header}{body}{total}
+{table}
+
 Completion length in words: {json.dumps(stats.get("completion_words", {}))}.
 
 ## Use

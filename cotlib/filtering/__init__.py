@@ -71,7 +71,6 @@ from cotlib.filtering.reporting import (
     agreement,
     confusion_table,
     injected_kinds,
-    markdown_table,
     report,
 )
 from cotlib.filtering.run import (
@@ -139,7 +138,6 @@ __all__ = [
     "kept_records",
     "length_check",
     "local_judge_reply",
-    "markdown_table",
     "parse_judge_reply",
     "parse_judge_request",
     "parse_record",

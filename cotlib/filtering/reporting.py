@@ -12,25 +12,10 @@ from typing import Any
 from cotlib import stages
 from cotlib.filtering.checks import excerpt, word_count
 from cotlib.filtering.run import KEPT, Verdict, record_text
+from cotlib.tables import frame_table
 
 # -----------------------------------------------------------------------------
 # the report
-
-
-def markdown_table(df) -> str:
-    """A pandas DataFrame as a GitHub markdown table (no extra dependency).
-
-    >>> import pandas as pd
-    >>> print(markdown_table(pd.DataFrame({"n": [1]}, index=["kept"])))
-    |  | n |
-    |---|---|
-    | kept | 1 |
-    """
-    head = "| " + (df.index.name or "") + " | " + " | ".join(map(str, df.columns)) + " |"
-    rule = "|---" * (len(df.columns) + 1) + "|"
-    rows = ["| " + str(i) + " | " + " | ".join(map(str, r)) + " |"
-            for i, r in zip(df.index, df.itertuples(index=False))]
-    return "\n".join([head.replace("|  |", "|  |"), rule, *rows])
 
 
 @dataclass
@@ -101,16 +86,16 @@ class FilterReport:
 
     def to_markdown(self) -> str:
         lines = ["# Filter report", "", self.summary(), "", "## Traces per reason and task type",
-                 "", markdown_table(self.reasons), "", "## Words per stage (kept traces)", ""]
+                 "", frame_table(self.reasons), "", "## Words per stage (kept traces)", ""]
         kept = self.lengths[self.lengths["kept"]]
         if len(kept):
             desc = kept[list(stages.STAGES)].describe().loc[["min", "50%", "max"]].round(0)
-            lines.append(markdown_table(desc.rename(index={"50%": "median"})))
+            lines.append(frame_table(desc.rename(index={"50%": "median"})))
         else:
             lines.append("(no kept traces)")
         lines += ["", "## Examples of each rejection", ""]
         table = self.examples_table()
-        lines.append(markdown_table(table.set_index("reason")) if len(table) else "(none)")
+        lines.append(frame_table(table.set_index("reason")) if len(table) else "(none)")
         return "\n".join(lines) + "\n"
 
     def save(self, folder: str | Path) -> list[Path]:
