@@ -142,8 +142,10 @@ def demo(run: str = "demo", *, base: str | None = None, n_tasks: int | None = No
     config = (experiment.ExperimentConfig.fast() if fast else experiment.ExperimentConfig.full()
               if full else experiment.ExperimentConfig())
     overrides = {"base": base, "test_tasks": n_tasks, "beam_tasks": beam_tasks,
-                 "extra_train_tasks": extra_tasks, "epochs": epochs}
+                 "extra_train_tasks": extra_tasks}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if epochs is not None:  # the training recipe's (ExperimentConfig.train)
+        config = replace(config, train=replace(config.train, epochs=epochs))
     if config.base is not None and config.base.startswith("tiny-"):
         from cotlib import models
 

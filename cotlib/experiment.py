@@ -41,6 +41,7 @@ from typing import Any
 
 from cotlib import env
 from cotlib.evaluate import EvalResult
+from cotlib.train.settings import TrainSettings
 
 #: ``synth.make_tasks`` seed of the extra training tasks: task i uses seed 7_000_000 + i, clear of
 #: the shipped splits (1e6, 2e6, 3e6 + i), the base's held-out tasks (4e6, 5e6) and its
@@ -57,6 +58,45 @@ BEST_OF_N, SWIRES, UNTAGGED = "CoT SFT + best-of-N", "CoT SFT + SWIRES", "CoT SF
 
 class ExperimentError(RuntimeError):
     """The experiment cannot run; the message names the fix."""
+
+
+def training_recipe(**changes: Any) -> TrainSettings:
+    """The experiment's LoRA recipe: :class:`cotlib.train.TrainSettings` with the settings below
+    (``changes`` replace any of them).
+
+    >>> r = training_recipe(); (r.epochs, r.learning_rate, r.lora_r, r.modules_to_save)
+    (8.0, 0.001, 64, ['lm_head'])
+    """
+    settings: dict[str, Any] = dict(
+        # Learning rates picked on the validation split (60 tasks; scripts/tune_lr.py, 437 kept
+        # traces, 8 epochs, batch 4, LoRA r=64 + lm_head) for the tiled base of 2026-12-06.
+        # Direct SFT, val accuracy: 2.5e-4 -> 43.3%, 5e-4 -> 40.0%, 1e-3 -> 33.3%, 2e-3 -> 18.3%
+        # (its training loss rose: 0.86 -> 1.06). CoT SFT: 2.5e-4 -> 11.7% (format 56.7%), 5e-4
+        # -> 15.0% (78.3%), 1e-3 -> 18.3% (88.3%); LoRA alone (no lm_head) at 2e-3 -> 16.7%
+        # (81.7%, loss 5.39 -> 1.07). With 60 tasks an accuracy is uncertain by about
+        # +-12 points: the grid separates the diverging rate, not its neighbours. (The earlier
+        # base's tuning, by format compliance: 8 epochs, lr 2e-3 -> 95-99%; 7 epochs -> 92%.)
+        epochs=8.0,
+        learning_rate=1e-3,  # the CoT adapter's (ExperimentConfig.direct_learning_rate: direct)
+        lora_r=64,  # the base's matrices are 192 wide: a rank this high is cheap here
+        # On the CPU, drawing the dropout masks (aten::bernoulli_) was 21% of a CoT training
+        # step's time in a profile of the shipped base, but without dropout format compliance
+        # fell to 86.7% (120 test tasks; 98.3% with 0.05, the same traces and settings).
+        lora_dropout=0.05,
+        # Trained in full next to LoRA: the base never wrote the stage tags. Measured with a
+        # 4-minute stand-in base, 3 epochs, 10 test tasks: format compliance 0% with LoRA (r=64)
+        # alone, 80% with the output layer trained too.
+        modules_to_save=["lm_head"],
+        batch_size=4,
+        grad_accum=1,
+        # Batches of traces of similar length: 14% fewer tokens per epoch (padding 15% -> 1%);
+        # the demo's CoT run took 367-435 s instead of 493-538 s.
+        group_by_length=True,
+        logging_steps=20,
+        save_steps=10**6,  # no checkpoints: a run is minutes long
+    )
+    settings.update(changes)
+    return TrainSettings(**settings)
 
 
 @dataclass
@@ -87,33 +127,15 @@ class ExperimentConfig:
     #: structured tags" ablation) and score it: one more LoRA run, so only in :meth:`full`.
     untagged: bool = False
     fault_rate: float = 0.1  # share of traces the local teacher breaks, per fault kind
-    #: Learning rates picked on the validation split (60 tasks; scripts/tune_lr.py, 437 kept
-    #: traces, 8 epochs, batch 4, LoRA r=64 + lm_head) for the tiled base of 2026-12-06.
-    #: Direct SFT, val accuracy: 2.5e-4 -> 43.3%, 5e-4 -> 40.0%, 1e-3 -> 33.3%, 2e-3 -> 18.3%
-    #: (its training loss rose: 0.86 -> 1.06). CoT SFT: 2.5e-4 -> 11.7% (format 56.7%), 5e-4 ->
-    #: 15.0% (78.3%), 1e-3 -> 18.3% (88.3%); LoRA alone (no lm_head) at 2e-3 -> 16.7% (81.7%,
-    #: loss 5.39 -> 1.07). With 60 tasks an accuracy is uncertain by about
-    #: +-12 points: the grid separates the diverging rate, not its neighbours. (The earlier
-    #: base's tuning, by format compliance: 8 epochs, lr 2e-3 -> 95-99%; 7 epochs -> 92%.)
-    epochs: float = 8.0
-    learning_rate: float = 1e-3  # the CoT adapter's
-    #: The direct-answer adapter's learning rate (None: ``learning_rate``). Same data and same
-    #: budget (epochs, batch) is the fair comparison; each variant needs a rate at which it
-    #: trains, picked on the validation split (scripts/tune_lr.py).
+    #: The LoRA recipe both adapters train with (:func:`training_recipe`: epochs, learning rate,
+    #: rank, batch...), the "same budget" for each. :func:`train_adapter` sets, per run, the
+    #: model (``base``), the output folder, the seed (``seed``) and the threads
+    #: (:meth:`cpu_threads`); their values here are not used.
+    train: TrainSettings = field(default_factory=training_recipe)
+    #: The direct-answer adapter's learning rate (None: ``train.learning_rate``). Same data and
+    #: same budget (epochs, batch) is the fair comparison; each variant needs a rate at which it
+    #: trains, picked on the validation split (scripts/tune_lr.py; see :func:`training_recipe`).
     direct_learning_rate: float | None = 2.5e-4
-    lora_r: int = 64  # the base's matrices are 192 wide: a rank this high is cheap here
-    #: On the CPU, drawing the dropout masks (aten::bernoulli_) was 21% of a CoT training step's
-    #: time in a profile of the shipped base, but without dropout format compliance fell to 86.7%
-    #: (120 test tasks; 98.3% with 0.05, the same traces and settings).
-    lora_dropout: float = 0.05
-    #: Trained in full next to LoRA: the base never wrote the stage tags. Measured with a
-    #: 4-minute stand-in base, 3 epochs, 10 test tasks: format compliance 0% with LoRA (r=64)
-    #: alone, 80% with the output layer trained too.
-    modules_to_save: tuple[str, ...] = ("lm_head",)
-    batch_size: int = 4
-    #: Batches of traces of similar length (train.TrainSettings.group_by_length): 14% fewer
-    #: tokens per epoch (padding 15% -> 1%); the demo's CoT run took 367-435 s instead of 493-538 s.
-    group_by_length: bool = True
     max_new_tokens: int = 320  # CoT answers, free generation (the traces run to ~280 tokens)
     direct_max_new_tokens: int = 8
     #: Free generation decodes this many test tasks per batch (seconds per answer = the batch's
@@ -147,8 +169,8 @@ class ExperimentConfig:
         """Seconds-scale settings for tests and fast mode (a handful of tasks and steps)."""
         settings: dict[str, Any] = dict(
             extra_train_tasks=0, shipped_train_tasks=24, test_split="test", test_tasks=8,
-            beam_tasks=3, beam_n=2, best_of_n=2,
-            epochs=1.0, max_new_tokens=48, batch_size=8,
+            beam_tasks=3, beam_n=2, best_of_n=2, max_new_tokens=48,
+            train=training_recipe(epochs=1.0, batch_size=8),
             # one thread: a seconds-scale run gains nothing from a second one, and under
             # `make test` the other core is busy with another test
             threads=1,
@@ -293,12 +315,8 @@ def train_adapter(dataset, base: Path, out: Path, config: ExperimentConfig, *,
 
     if out.exists():
         shutil.rmtree(out)
-    settings = train.TrainSettings(
-        model=str(base), output_dir=str(out), epochs=config.epochs,
-        learning_rate=config.learning_rate, lora_r=config.lora_r, lora_dropout=config.lora_dropout,
-        modules_to_save=list(config.modules_to_save) or None, batch_size=config.batch_size,
-        grad_accum=1, group_by_length=config.group_by_length, logging_steps=20,
-        save_steps=10**6, seed=config.seed, cpu_threads=config.cpu_threads())
+    settings = replace(config.train, model=str(base), output_dir=str(out), seed=config.seed,
+                       cpu_threads=config.cpu_threads())
     return train.train(dataset, settings, verbose=verbose)
 
 
@@ -332,8 +350,8 @@ def train_both(built: dict[str, Any], base: Path, run: Path, config: ExperimentC
 
     from cotlib import train
 
-    direct_config = replace(config, learning_rate=config.direct_learning_rate
-                            or config.learning_rate)
+    direct_config = replace(config, train=replace(
+        config.train, learning_rate=config.direct_learning_rate or config.train.learning_rate))
     if not config.trains_side_by_side():
         direct = train_adapter(built["direct"], base, run / "adapter_direct", direct_config)
         return direct, train_adapter(built["cot"], base, run / "adapter", config)
@@ -887,6 +905,17 @@ def _format_check(results: Sequence[EvalResult]) -> list[str]:
     return out
 
 
+def recorded_recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """The training recipe of a config recorded in ``experiment.json``: its ``train`` entry, or
+    the config itself for files written before the recipe was nested (the training fields were
+    then beside the others).
+
+    >>> recorded_recipe({"train": {"lora_r": 64}, "seed": 0}), recorded_recipe({"lora_r": 16})
+    ({'lora_r': 64}, {'lora_r': 16})
+    """
+    return config.get("train", config)
+
+
 def write_report(experiment: Experiment) -> Path:
     """Write ``eval.json``, ``overhead.png``, ``by_type.png`` and ``report.md`` (the table the
     report shows is the one computed from ``eval.json``'s results)."""
@@ -908,6 +937,7 @@ def write_report(experiment: Experiment) -> Path:
         fig = plot(results, run / name)
         plt.close(fig)
     cfg, tr, m = info["config"], info["training"], info["machine"]
+    recipe = recorded_recipe(cfg)
     n_params = info.get("base_parameters")
     params = f"({n_params:,} parameters)" if n_params else ""
     size = f"{n_params / 1e6:.1f}M-parameter" if n_params else "small"
@@ -922,13 +952,13 @@ def write_report(experiment: Experiment) -> Path:
         f"{info['kept']} (rejected: {info['rejected'] or 'none'}). Both adapters train on the "
         "tasks of the kept traces: four-stage completions for CoT SFT, the answer alone for "
         "direct SFT.",
-        f"- training (same data and budget for both): LoRA r={cfg['lora_r']} (+ "
-        f"{', '.join(cfg['modules_to_save']) or 'nothing'} trained in full), learning rate "
-        + (f"{cfg['learning_rate']}" if not cfg.get("direct_learning_rate") else
-           f"{cfg['learning_rate']} (CoT) and {cfg['direct_learning_rate']} (direct), each "
-           "picked on the validation split (scripts/tune_lr.py)")
-        + f", {cfg['epochs']:g} epochs, batch {cfg['batch_size']}"
-        f"{' of similar lengths' if cfg.get('group_by_length') else ''}"
+        f"- training (same data and budget for both): LoRA r={recipe['lora_r']} (+ "
+        f"{', '.join(recipe['modules_to_save'] or ()) or 'nothing'} trained in full), learning "
+        "rate " + (f"{recipe['learning_rate']}" if not cfg.get("direct_learning_rate") else
+                   f"{recipe['learning_rate']} (CoT) and {cfg['direct_learning_rate']} (direct), "
+                   "each picked on the validation split (scripts/tune_lr.py)")
+        + f", {recipe['epochs']:g} epochs, batch {recipe['batch_size']}"
+        f"{' of similar lengths' if recipe.get('group_by_length') else ''}"
         f"{' (the two runs side by side, one process each)' if info.get('side_by_side') else ''}; "
         + "; ".join(f"{k}: {v['steps']} steps, {v['seconds']:.0f} s" + (
             f", loss {v['loss_first']:.3f} -> {v['loss_last']:.3f}"

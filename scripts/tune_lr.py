@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = experiment.ExperimentConfig.fast if args.fast else experiment.ExperimentConfig
     config = replace(settings(base=args.base), threads=args.threads, side_by_side=False)
     if args.lora_only:
-        config = replace(config, modules_to_save=())
+        config = replace(config, train=replace(config.train, modules_to_save=None))
     base = experiment.base_folder(config.base)
     built = prepare(run, config)
     val = synth.load_split(env.DATA_DIR / "tasks" / "val")[: 8 if args.fast else None]
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         out = run / f"{args.variant}{'_lora_only' if args.lora_only else ''}_lr{lr:g}"
         t0 = time.perf_counter()
         result = experiment.train_adapter(built[args.variant], base, out,
-                                          replace(config, learning_rate=lr), verbose=False)
+                                          replace(config, train=replace(
+                                              config.train, learning_rate=lr)), verbose=False)
         model, processor = train.load_adapter(out, device="cpu", merge=True)
         model.eval()
         answers = experiment.answer_freely(model, processor, val, budget,
@@ -86,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = sorted([r for r in old.get(key, {}).get("grid", [])
                    if r["learning_rate"] not in done] + rows, key=lambda r: r["learning_rate"])
     best = max(rows, key=lambda r: (r["val_accuracy"], -r["learning_rate"]))
-    old[key] = {"grid": rows, "pick": best["learning_rate"], "epochs": config.epochs,
-                         "batch": config.batch_size, "val_tasks": len(val), "base": str(base)}
+    old[key] = {"grid": rows, "pick": best["learning_rate"], "epochs": config.train.epochs,
+                         "batch": config.train.batch_size, "val_tasks": len(val), "base": str(base)}
     path.write_text(json.dumps(old, indent=1))
     lines = ["| variant | learning rate | val accuracy (95% interval) | format | "
              "loss first -> last |", "|---|---:|---|---:|---|"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -183,3 +184,59 @@ def test_full_and_fast_exclude_each_other(capsys):
     assert cli.build_parser().parse_args(["demo", "--full"]).full
     assert cli.demo(fast=True, full=True) == 1
     assert "--fast and --full exclude each other" in capsys.readouterr().err
+
+
+def test_both_adapters_train_with_the_config_recipe(tmp_path, monkeypatch):
+    """train_both hands train.train the config's nested recipe, with the base, the output folder,
+    the seed and the threads set per run, and the direct adapter's own learning rate."""
+    from cotlib import train
+
+    seen: dict[str, train.TrainSettings] = {}
+
+    def fake_train(dataset, settings, verbose=True):
+        seen[dataset] = settings
+        return dataset
+
+    monkeypatch.setattr(train, "train", fake_train)
+    config = experiment.ExperimentConfig(side_by_side=False, threads=3, seed=5)
+    assert experiment.train_both({"cot": "C", "direct": "D"}, tmp_path / "base", tmp_path,
+                                 config, log=lambda _: None) == ("D", "C")
+    cot, direct = seen["C"], seen["D"]
+    assert (cot.model, cot.output_dir, cot.seed, cot.cpu_threads) == (
+        str(tmp_path / "base"), str(tmp_path / "adapter"), 5, 3)
+    assert (cot.epochs, cot.learning_rate, cot.lora_r, cot.modules_to_save, cot.batch_size,
+            cot.grad_accum, cot.group_by_length) == (8.0, 1e-3, 64, ["lm_head"], 4, 1, True)
+    assert direct.learning_rate == config.direct_learning_rate == 2.5e-4
+    assert direct == dataclasses.replace(cot, learning_rate=2.5e-4,
+                                         output_dir=str(tmp_path / "adapter_direct"))
+    fast = experiment.ExperimentConfig.fast()
+    assert (fast.train.epochs, fast.train.batch_size, fast.train.lora_r) == (1.0, 8, 64)
+
+
+def test_demo_epochs_flag_sets_the_recipe(monkeypatch, capsys):
+    seen = []
+
+    def fake_run(config, run):
+        seen.append(config)
+        raise experiment.ExperimentError("stopped by the test")
+
+    monkeypatch.setattr(experiment, "run_experiment", fake_run)
+    assert cli.main(["demo", "--fast", "--epochs", "2", "--tasks", "4"]) == 1
+    assert "stopped by the test" in capsys.readouterr().err
+    config = seen[0]
+    assert (config.train.epochs, config.train.batch_size, config.test_tasks) == (2.0, 8, 4)
+
+
+def test_report_reads_a_config_recorded_before_the_recipe_was_nested(fast_run, tmp_path):
+    """experiment.json files written before ExperimentConfig.train (the training fields beside
+    the others, as in data/results/demo) give the same report."""
+    run, result, _ = fast_run
+    info = json.loads((run / "experiment.json").read_text())
+    assert info["config"]["train"]["lora_r"] == 64
+    flat = {k: v for k, v in info["config"].items() if k != "train"} | info["config"]["train"]
+    experiment.write_report(experiment.Experiment(tmp_path, result.results, dict(
+        info, config=flat), result.controls))
+    ours, old = ((folder / "report.md").read_text().splitlines() for folder in (run, tmp_path))
+    training = [line for line in ours if line.startswith("- training")]
+    assert training and training == [line for line in old if line.startswith("- training")]
+    assert "LoRA r=64 (+ lm_head trained in full)" in training[0]

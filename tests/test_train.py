@@ -623,3 +623,35 @@ def test_the_package_reexports_its_names_and_keeps_modules_short():
     for old in ("check_format", "write_card", "resolve"):
         assert not hasattr(train, old), old
     assert train.check_dataset_format.__module__ == "cotlib.train.dataset"
+
+
+def test_cli_options_are_the_settings_fields():
+    """One option per TrainSettings field (but the Python-only ``extra``), with the field's type
+    and default: bare options give TrainSettings(), and --help shows every default."""
+    import dataclasses
+
+    from cotlib.train.cli import SETTINGS_OPTIONS, settings_from_args
+
+    fields = {f.name for f in dataclasses.fields(train.TrainSettings)}
+    assert {name for _, name, _, _ in SETTINGS_OPTIONS} == fields - {"extra"}
+    parser = train.build_parser()
+    assert settings_from_args(parser.parse_args(["--dataset", "d"])) == train.TrainSettings()
+    chosen = settings_from_args(parser.parse_args([
+        "--dataset", "d", "--output", "o", "--epochs", "2", "--lora-r", "8", "--qlora",
+        "--image-splitting", "off", "--gradient-checkpointing", "on", "--resume",
+        "--modules-to-save", "lm_head", "embed_tokens", "--group-by-length", "--dtype",
+        "float32", "--cpu-threads", "2"]))
+    assert chosen == train.TrainSettings(
+        output_dir="o", epochs=2.0, lora_r=8, qlora=True, do_image_splitting=False,
+        gradient_checkpointing=True, resume=True, modules_to_save=["lm_head", "embed_tokens"],
+        group_by_length=True, dtype="float32", cpu_threads=2)
+    args = parser.parse_args(["--dataset", "d", "--resume", "ckpt/checkpoint-4",
+                              "--gradient-checkpointing", "auto", "--qlora", "off"])
+    assert (args.resume, args.gradient_checkpointing, args.qlora) == (
+        "ckpt/checkpoint-4", "auto", False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dataset", "d", "--image-splitting", "maybe"])
+    text = parser.format_help()
+    assert text.count("(default:") == len(SETTINGS_OPTIONS) + 2  # and --dataset, --rows
+    assert all(flag in text for flag, _, _, _ in SETTINGS_OPTIONS)
+    assert "LoRA rank (default: 16)" in text and "(default: 100)" in text

@@ -1,55 +1,122 @@
 """The command line, ``python -m cotlib.train`` (also the entry point for ``accelerate launch -m
-cotlib.train``)."""
+cotlib.train``). Its training options are built from :class:`TrainSettings`' fields
+(:data:`SETTINGS_OPTIONS`): each one's type and default are the field's, declared once."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import typing
+from dataclasses import replace
+from typing import Any
 
 from cotlib import models
 from cotlib.train.dataset import load_dataset_any, synthetic_traces
-from cotlib.train.memory import HARDWARE_PRESETS
+from cotlib.train.memory import BYTES, HARDWARE_PRESETS
 from cotlib.train.run import train
 from cotlib.train.settings import TrainError, TrainSettings, resolve_model
 
+#: The options that set a :class:`TrainSettings` field: (flag, field, help, argparse arguments
+#: beyond the ones the field's type gives). Every field but ``extra`` (more ``SFTConfig`` fields,
+#: from Python only) has one.
+SETTINGS_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("--model", "model", "preset name, hub id, folder, or "
+     + " / ".join(f"tiny-{f}" for f in models.FAMILIES), {}),
+    ("--output", "output_dir", "folder for the adapter, its processor and training card", {}),
+    ("--preset", "preset", "hardware preset (auto: from this machine)",
+     {"choices": ["auto", *HARDWARE_PRESETS]}),
+    ("--epochs", "epochs", "passes over the dataset", {}),
+    ("--max-steps", "max_steps", "stop after this many optimizer steps (-1: epochs decide)", {}),
+    ("--learning-rate", "learning_rate", "peak learning rate", {}),
+    ("--lr-scheduler", "lr_scheduler", "transformers' lr_scheduler_type", {}),
+    ("--warmup", "warmup", "warm-up: a fraction of the steps, or a step count if >= 1", {}),
+    ("--batch-size", "batch_size", "rows per device and step (None: the preset's)", {}),
+    ("--grad-accum", "grad_accum", "gradient accumulation steps (None: the preset's, or an "
+     "effective batch of 16 with --batch-size on a GPU)", {}),
+    ("--longest-edge", "longest_edge", "image resize edge in pixels (None: the preset's)", {}),
+    ("--image-splitting", "do_image_splitting", "image tiling (None: the preset's)", {}),
+    ("--gradient-checkpointing", "gradient_checkpointing",
+     "auto: on when the memory estimate needs it", {"metavar": "{auto,on,off}"}),
+    ("--qlora", "qlora", "4-bit base weights, CUDA only (None: the preset's)", {}),
+    ("--dtype", "dtype", "None: by hardware (bf16 Ampere+, fp16 T4, fp32 CPU)",
+     {"choices": sorted(BYTES)}),
+    ("--lora-r", "lora_r", "LoRA rank", {}),
+    ("--lora-alpha", "lora_alpha", "LoRA alpha (None: twice the rank)", {}),
+    ("--lora-dropout", "lora_dropout", "LoRA dropout", {}),
+    ("--adapt-vision", "adapt_vision", "put LoRA on the vision tower too", {}),
+    ("--modules-to-save", "modules_to_save", "modules trained in full, e.g. lm_head",
+     {"metavar": "MODULE"}),
+    ("--max-length", "max_length", "cut rows at this many tokens (None: never cut)", {}),
+    ("--group-by-length", "group_by_length", "batch rows of similar length (less padding)", {}),
+    ("--logging-steps", "logging_steps", "log the loss every N steps", {}),
+    ("--save-steps", "save_steps", "checkpoint every N steps", {}),
+    ("--save-total-limit", "save_total_limit", "checkpoints kept", {}),
+    ("--resume", "resume", "continue from the latest checkpoint, or from CHECKPOINT",
+     {"nargs": "?", "const": True, "type": str, "metavar": "CHECKPOINT"}),
+    ("--seed", "seed", "random seed (data order, LoRA init)", {}),
+    ("--on-bad-image", "on_bad_image", "what an unreadable image does",
+     {"choices": ["skip", "raise"]}),
+    ("--dataloader-workers", "dataloader_workers", "None: 0 on a CPU, up to 4 on a GPU", {}),
+    ("--cpu-threads", "cpu_threads", "torch threads on a CPU (None: 1 for tiny models, else "
+     "torch's)", {}),
+)
+
+_SWITCH = {"on": True, "off": False, "auto": "auto"}
+
+
+def _switch(text: str) -> bool | str:
+    """``on``/``off`` (and ``auto``) as the setting's value."""
+    if text not in _SWITCH:
+        raise argparse.ArgumentTypeError(f"{text!r}: use on or off (or auto where it is offered)")
+    return _SWITCH[text]
+
+
+def _argument(hint: Any, default: Any) -> dict[str, Any]:
+    """The argparse arguments a field's type gives: a flag for ``bool``, ``on``/``off`` for
+    ``bool | None`` (the bare flag: on), one or more values for a list, else the type itself."""
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if hint is bool:
+        return {"action": "store_true"}
+    if bool in kinds:  # bool | None, bool | str
+        return {"type": _switch, "nargs": "?", "const": True, "metavar": "{on,off}"}
+    if typing.get_origin(kinds[0]) is list:
+        return {"type": typing.get_args(kinds[0])[0], "nargs": "+"}
+    return {"type": kinds[0]}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """Arguments of ``python -m cotlib.train``.
+    """Arguments of ``python -m cotlib.train``: the dataset, then one option per
+    :class:`TrainSettings` field (:data:`SETTINGS_OPTIONS`); ``--help`` shows each default.
 
-    >>> build_parser().parse_args(["--dataset", "d", "--max-steps", "3"]).max_steps
-    3
+    >>> args = build_parser().parse_args(["--dataset", "d", "--max-steps", "3", "--qlora"])
+    >>> args.max_steps, args.qlora, args.lora_r
+    (3, True, 16)
     """
     p = argparse.ArgumentParser(
         prog="python -m cotlib.train",
-        description="LoRA SFT of a VLM on four-stage traces (runs under accelerate launch too).")
+        description="LoRA SFT of a VLM on four-stage traces (runs under accelerate launch too).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", required=True,
                    help="save_to_disk folder, or 'synthetic' (traces rendered from the shipped "
                         "train split)")
-    p.add_argument("--model", default=TrainSettings.model,
-                   help="preset name, hub id, folder, or "
-                   + " / ".join(f"tiny-{f}" for f in models.FAMILIES))
-    p.add_argument("--output", default=TrainSettings.output_dir)
-    p.add_argument("--preset", default="auto", choices=["auto", *HARDWARE_PRESETS])
-    p.add_argument("--epochs", type=float, default=TrainSettings.epochs)
-    p.add_argument("--max-steps", type=int, default=-1)
-    p.add_argument("--learning-rate", type=float, default=TrainSettings.learning_rate)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--longest-edge", type=int)
-    p.add_argument("--image-splitting", choices=["on", "off"])
-    p.add_argument("--gradient-checkpointing", choices=["auto", "on", "off"], default="auto")
-    p.add_argument("--qlora", action="store_true")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--adapt-vision", action="store_true")
-    p.add_argument("--group-by-length", action="store_true",
-                   help="batch rows of similar length (less padding)")
-    p.add_argument("--logging-steps", type=int, default=5)
-    p.add_argument("--save-steps", type=int, default=100)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--on-bad-image", choices=["skip", "raise"], default="skip")
+    defaults, hints = TrainSettings(), typing.get_type_hints(TrainSettings)
+    for flag, name, text, more in SETTINGS_OPTIONS:
+        default = getattr(defaults, name)
+        p.add_argument(flag, dest=name, default=default, help=text,
+                       **(_argument(hints[name], default) | more))
     p.add_argument("--rows", type=int, help="use only the first N rows")
     return p
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    """The :class:`TrainSettings` that :func:`build_parser`'s options describe (the model as
+    given: :func:`main` resolves it).
+
+    >>> settings_from_args(build_parser().parse_args(
+    ...     ["--dataset", "d", "--image-splitting", "off"])).do_image_splitting
+    False
+    """
+    return TrainSettings(**{name: getattr(args, name) for _, name, _, _ in SETTINGS_OPTIONS})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,18 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.rows:
         dataset = dataset.select(range(min(args.rows, len(dataset))))
-    onoff = {"on": True, "off": False, None: None}
-    settings = TrainSettings(
-        model=model, output_dir=args.output, preset=args.preset, epochs=args.epochs,
-        max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, longest_edge=args.longest_edge,
-        do_image_splitting=onoff[args.image_splitting],
-        gradient_checkpointing=("auto" if args.gradient_checkpointing == "auto"
-                                else onoff[args.gradient_checkpointing]),
-        qlora=True if args.qlora else None, lora_r=args.lora_r, adapt_vision=args.adapt_vision,
-        group_by_length=args.group_by_length, logging_steps=args.logging_steps,
-        save_steps=args.save_steps, resume=args.resume, seed=args.seed,
-        on_bad_image=args.on_bad_image)
+    settings = replace(settings_from_args(args), model=model)
     try:
         result = train(dataset, settings, verbose=state.is_main_process)
     except TrainError as err:
