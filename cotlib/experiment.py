@@ -632,15 +632,11 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
 
     ``run`` is a run name (a folder under ``runs/``) or a path. ``log`` receives progress lines.
     """
-    import torch
-
     config = config or ExperimentConfig()
     base = base_folder(config.base)
     run = Path(run) if os.sep in str(run) or Path(run).is_absolute() else env.run_dir(str(run))
     run.mkdir(parents=True, exist_ok=True)
     env.seed_everything(config.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.cpu_threads())
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -648,7 +644,7 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
         log(f"[{k}/6] {text}  ({time.perf_counter() - started:.0f} s so far)")
         return time.perf_counter()
 
-    try:
+    with env.torch_threads(config.cpu_threads()):
         t = step(1, "tasks: the shipped training split + new synthetic tasks; held-out test split")
         train_tasks, test = prepare_tasks(run, config)
         log(f"      {len(train_tasks)} training tasks in {run / 'tasks'}; {len(test)} test tasks")
@@ -714,8 +710,6 @@ def run_experiment(config: ExperimentConfig | None = None, run: str | os.PathLik
         timings["report"] = time.perf_counter() - t
         info["total_seconds"] = time.perf_counter() - started
         write_report(experiment)  # again, with the report step's own time in it
-    finally:
-        torch.set_num_threads(threads)
     log(f"done in {info['total_seconds']:.0f} s: {experiment.report}")
     return experiment
 

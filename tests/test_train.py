@@ -380,6 +380,24 @@ def test_out_of_memory_names_the_next_setting(traces, tiny_cache, tmp_path):
                     batch_size=4, callbacks=[FakeOOM()], verbose=False)
 
 
+
+def test_training_runs_on_its_cpu_threads_and_restores_them(traces, tiny_cache, tmp_path):
+    """cpu_threads holds while the trainer runs; the count before comes back, also on an error."""
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Stop(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            seen.append(torch.get_num_threads())
+            raise torch.cuda.OutOfMemoryError("stopped by the test")
+
+    assert torch.get_num_threads() == 1  # the module's fixture
+    with pytest.raises(train.TrainError):
+        train.train(traces.select(range(4)), model="tiny-idefics3", output_dir=str(tmp_path),
+                    batch_size=4, cpu_threads=2, callbacks=[Stop()], verbose=False)
+    assert seen == [2] and torch.get_num_threads() == 1
+
 def test_max_length_that_would_cut_image_tokens_is_refused(traces, tiny_cache, tmp_path):
     with pytest.raises(train.TrainError, match="image-token mismatch"):
         train.build_trainer(traces.select(range(2)), model="tiny-idefics3",

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cotlib import env
 from cotlib.train.card import read_card, training_card, write_training_card
 from cotlib.train.checkpoints import latest_checkpoint
 from cotlib.train.oom import next_settings_to_try, peak_memory_gb
@@ -61,22 +62,20 @@ def train(dataset, settings: TrainSettings | None = None, *, callbacks=None,
         print(f"training {s.model} on {len(prep.dataset)} rows: preset {r.preset}, {r.dtype}, "
               f"batch {r.batch_size}x{r.grad_accum}, {r.image_tokens} image tokens/image, "
               f"checkpointing {'on' if r.gradient_checkpointing else 'off'}")
-    threads = torch.get_num_threads()
-    if r.device == "cpu":
-        # Tiny matrices: one thread beats two (measured 9.6 s vs 84 s per epoch on a busy
-        # 2-core machine), and leaves the other core to the data loader and the notebook.
-        torch.set_num_threads(s.cpu_threads or (1 if is_tiny(prep.model_source) else threads))
+    # On a CPU, tiny matrices: one thread beats two (measured 9.6 s vs 84 s per epoch on a busy
+    # 2-core machine), and leaves the other core to the data loader and the notebook. None: as is.
+    threads = (s.cpu_threads or (1 if is_tiny(prep.model_source) else None)
+               if r.device == "cpu" else None)
     start = time.perf_counter()
     try:
-        output = trainer.train(resume_from_checkpoint=resume)
+        with env.torch_threads(threads):
+            output = trainer.train(resume_from_checkpoint=resume)
     except torch.cuda.OutOfMemoryError as err:
         tries = next_settings_to_try(s, r)
         raise TrainError(
             f"CUDA out of memory at batch {r.batch_size}, image tokens {r.image_tokens}, "
             f"checkpointing {'on' if r.gradient_checkpointing else 'off'}. Next setting to try: "
             f"{tries[0]}. Then: {'; '.join(tries[1:])}.") from err
-    finally:
-        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     peak, peak_source = peak_memory_gb(r.device)
     out = Path(s.output_dir)
