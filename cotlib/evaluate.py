@@ -59,10 +59,29 @@ def is_correct(task, output: str) -> bool:
     >>> is_correct(t, stages.render("p", "c", "r", t.answer))
     True
     """
-    return normalize.answers_match(
-        stages.final_answer(output), task.answer,
-        choices=task.choices, answer_letter=task.answer_letter,
-    )
+    return _matches(task, stages.final_answer(output))
+
+
+def _matches(task, final_answer: str) -> bool:
+    """Is ``final_answer`` (read from an output's CONCLUSION) the task's standard answer?"""
+    return normalize.answers_match(final_answer, task.answer, choices=task.choices,
+                                   answer_letter=task.answer_letter)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One system's answer to one task, as :func:`score_answers` grades it: the text as written,
+    what it cost, and, where a decoder wrote the stage tags, whether the model closed every stage
+    itself (``None``: the text alone decides the format).
+
+    >>> Answer("3", seconds=0.1, tokens=2)
+    Answer(text='3', seconds=0.1, tokens=2, well_formed=None)
+    """
+
+    text: str
+    seconds: float = 0.0
+    tokens: int = 0
+    well_formed: bool | None = None
 
 
 def score(
@@ -75,7 +94,8 @@ def score(
     well_formed: Sequence[bool] | None = None,
     note: str = "",
 ) -> EvalResult:
-    """Score ``outputs`` (one per task) for the system called ``name``.
+    """Score ``outputs`` (one per task) for the system called ``name``: :func:`score_answers`
+    with the answers given field by field (``seconds`` and ``tokens``: 0 when left out).
 
     Format compliance is read from the text (``stages.parse(output).ok``) unless ``well_formed``
     is given: pass it when the decoder, not the model, wrote the stage tags (staged decoding
@@ -88,31 +108,56 @@ def score(
         raise ValueError("no tasks to evaluate: pass at least one task")
     seconds = list(seconds) if seconds is not None else [0.0] * len(tasks)
     tokens = list(tokens) if tokens is not None else [0] * len(tasks)
-    if well_formed is not None and len(well_formed) != len(tasks):
-        raise ValueError(f"{len(tasks)} tasks but {len(well_formed)} well_formed flags")
+    flags = list(well_formed) if well_formed is not None else [None] * len(tasks)
+    for what, values in (("seconds", seconds), ("tokens", tokens), ("well_formed flags", flags)):
+        if len(values) != len(tasks):
+            raise ValueError(f"{len(tasks)} tasks but {len(values)} {what}")
+    return score_answers(name, tasks, [
+        Answer(output, sec, tok, None if flag is None else bool(flag))
+        for output, sec, tok, flag in zip(outputs, seconds, tokens, flags)], note=note)
+
+
+def score_answers(name: str, tasks: Sequence, answers: Sequence[Answer], *,
+                  note: str = "") -> EvalResult:
+    """Score ``answers`` (one :class:`Answer` per task) for the system called ``name``: each
+    text is parsed once, for its stages (format compliance, stage lengths) and its CONCLUSION
+    (correctness); an answer's ``well_formed`` flag, when set, must hold too.
+
+    >>> from cotlib import synth
+    >>> t = synth.make_task(2, "count_shape")
+    >>> r = score_answers("staged", [t], [Answer(stages.render("p", "c", "r", t.answer),
+    ...                                          tokens=40, well_formed=False)])
+    >>> r.accuracy, r.format_rate, r.mean_tokens
+    (1.0, 0.0, 40.0)
+    """
+    if len(tasks) != len(answers):
+        raise ValueError(f"{len(tasks)} tasks but {len(answers)} answers: give one answer each")
+    if not tasks:
+        raise ValueError("no tasks to evaluate: pass at least one task")
     by_type: dict[str, list[bool]] = defaultdict(list)
     words: dict[str, list[int]] = defaultdict(list)
     rows, formatted = [], 0
-    for i, (task, output, sec, tok) in enumerate(zip(tasks, outputs, seconds, tokens)):
-        parsed = stages.parse(output)
-        correct = is_correct(task, output)
-        ok = parsed.ok if well_formed is None else bool(well_formed[i]) and parsed.ok
+    for task, answer in zip(tasks, answers):
+        parsed = stages.parse(answer.text)
+        final = stages.final_answer(answer.text)
+        correct = _matches(task, final)
+        ok = parsed.ok if answer.well_formed is None else answer.well_formed and parsed.ok
         by_type[task.task_type].append(correct)
         formatted += ok
         for stage, text in parsed.stages.items():
             words[stage].append(len(text.split()))
         rows.append({"task_id": task.id, "task_type": task.task_type, "answer": task.answer,
-                     "final_answer": stages.final_answer(output), "correct": correct,
-                     "well_formed": ok, "tokens": tok, "seconds": round(sec, 4),
-                     "output": output})
+                     "final_answer": final, "correct": correct, "well_formed": ok,
+                     "tokens": answer.tokens, "seconds": round(answer.seconds, 4),
+                     "output": answer.text})
     n = len(rows)
     return EvalResult(
         name=name, n=n,
         accuracy=round(sum(r["correct"] for r in rows) / n, 4),
         by_type={k: round(sum(v) / len(v), 4) for k, v in sorted(by_type.items())},
         format_rate=round(formatted / n, 4),
-        mean_tokens=round(sum(tokens) / n, 2),
-        mean_seconds=round(sum(seconds) / n, 4),
+        mean_tokens=round(sum(a.tokens for a in answers) / n, 2),
+        mean_seconds=round(sum(a.seconds for a in answers) / n, 4),
         stage_words={s: round(sum(words[s]) / len(words[s]), 1) for s in stages.STAGES
                      if words[s]},
         rows=rows,

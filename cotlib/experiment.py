@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from cotlib import env
-from cotlib.evaluate import EvalResult
+from cotlib.evaluate import Answer, EvalResult
 from cotlib.train.settings import TrainSettings
 
 #: ``synth.make_tasks`` seed of the extra training tasks: task i uses seed 7_000_000 + i, clear of
@@ -397,14 +397,29 @@ def train_both(built: dict[str, Any], base: Path, run: Path, config: ExperimentC
 # answering
 
 
-@dataclass
-class Answers:
-    """One system's outputs on a list of tasks, with what each cost."""
+class Answers(list[Answer]):
+    """One system's answers on a list of tasks, one :class:`cotlib.evaluate.Answer` each (text,
+    seconds, tokens, and whether the model closed its stages where the decoder wrote the tags),
+    as :func:`cotlib.evaluate.score_answers` scores them. ``outputs``, ``seconds``, ``tokens``
+    and ``well_formed`` read one field of every answer (``evaluate.score``'s arguments)."""
 
-    outputs: list[str]
-    seconds: list[float]
-    tokens: list[int]
-    well_formed: list[bool] | None = None  # only where the decoder wrote the tags
+    @property
+    def outputs(self) -> list[str]:
+        return [a.text for a in self]
+
+    @property
+    def seconds(self) -> list[float]:
+        return [a.seconds for a in self]
+
+    @property
+    def tokens(self) -> list[int]:
+        return [a.tokens for a in self]
+
+    @property
+    def well_formed(self) -> list[bool] | None:
+        """Each answer's flag; None when the text alone decides (free generation)."""
+        flags = [a.well_formed for a in self]
+        return None if all(f is None for f in flags) else [bool(f) for f in flags]
 
 
 def answer_freely(model, processor, tasks: Sequence, max_new_tokens: int,
@@ -422,7 +437,7 @@ def answer_freely(model, processor, tasks: Sequence, max_new_tokens: int,
     from cotlib import infer, models
 
     tok = processor.tokenizer
-    out = Answers([], [], [])
+    out = Answers()
     for first in range(0, len(tasks), batch_size):
         chunk = tasks[first:first + batch_size]
         prompts = [models.chat_prompt(processor, task.prompt_question()) for task in chunk]
@@ -432,10 +447,8 @@ def answer_freely(model, processor, tasks: Sequence, max_new_tokens: int,
         rows = infer.generate_ids(model, processor, pictures, prompts,
                                   max_new_tokens=max_new_tokens)
         seconds = (time.perf_counter() - t0) / len(chunk)
-        for ids in rows:
-            out.tokens.append(len(ids))
-            out.outputs.append(tok.decode(ids, skip_special_tokens=True).strip())
-            out.seconds.append(seconds)
+        out.extend(Answer(tok.decode(ids, skip_special_tokens=True).strip(), seconds, len(ids))
+                   for ids in rows)
         if progress is not None:
             progress(first + len(chunk))
     return out
@@ -455,13 +468,12 @@ def answer_search(tasks: Sequence, search: Callable[[Any], Any],
     """Answer each task with ``search(task)``, a ``cotlib.search`` function returning a
     ``SearchTree``. Tokens count every candidate sampled (the search's real cost); a trace is
     well formed only if the model closed every stage itself."""
-    out = Answers([], [], [], [])
+    out = Answers()
     for i, task in enumerate(tasks):
         tree = search(task)
-        out.outputs.append(tree.answer.text)
-        out.seconds.append(tree.seconds)
-        out.tokens.append(sum(c.tokens for step in tree.steps for c in step.candidates))
-        out.well_formed.append(tree.answer.ok)
+        out.append(Answer(tree.answer.text, tree.seconds,
+                          sum(c.tokens for step in tree.steps for c in step.candidates),
+                          well_formed=tree.answer.ok))
         if progress is not None:
             progress(i + 1)
     return out
@@ -541,8 +553,7 @@ def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentCo
         model.eval()
         a = answer_freely(model, processor, test, config.direct_max_new_tokens,
                           _every(log, name, len(test), 60), config.answer_batch)
-        results.append(evaluate.score(name, test, a.outputs, seconds=a.seconds,
-                                      tokens=a.tokens, note="greedy, free generation"))
+        results.append(evaluate.score_answers(name, test, a, note="greedy, free generation"))
         if name == SYSTEMS[0] and config.controls:
             controls = base_controls(model, processor, test, config, results[-1], train_tasks)
             log("      controls: " + ", ".join(f"{k} {r.accuracy:.1%}"
@@ -552,16 +563,15 @@ def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentCo
     model, processor = train.load_adapter(run / "adapter", device=device, merge=True)
     a = answer_freely(model, processor, test, config.max_new_tokens,
                       _every(log, SYSTEMS[2], len(test)), config.answer_batch)
-    results.append(evaluate.score(
-        SYSTEMS[2], test, a.outputs, seconds=a.seconds, tokens=a.tokens,
+    results.append(evaluate.score_answers(
+        SYSTEMS[2], test, a,
         note=f"greedy, free generation (nothing forced), at most {config.max_new_tokens} tokens"))
     b = answer_beam(model, processor, beam_tasks, config.beam_n, config.max_new_tokens,
                     _every(log, SYSTEMS[3], len(beam_tasks), 10))
     subset = "" if len(beam_tasks) == len(test) else (
         f"; on the first {len(beam_tasks)} of the {len(test)} test tasks, to save time")
-    results.append(evaluate.score(
-        SYSTEMS[3], beam_tasks, b.outputs, seconds=b.seconds, tokens=b.tokens,
-        well_formed=b.well_formed,
+    results.append(evaluate.score_answers(
+        SYSTEMS[3], beam_tasks, b,
         note=f"stage-level beam search, {config.beam_n} candidates per stage (T=0.6, top-p 0.9), "
              "knockout by length-normalised log-likelihood; opening tags fed by the decoder, "
              "well formed = the model closed every stage itself; no stage longer than "
@@ -571,17 +581,15 @@ def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentCo
     if config.best_of_n:
         b = answer_best_of_n(model, processor, beam_tasks, config.best_of_n,
                              config.max_new_tokens, _every(log, BEST_OF_N, len(beam_tasks), 10))
-        results.append(evaluate.score(
-            BEST_OF_N, beam_tasks, b.outputs, seconds=b.seconds, tokens=b.tokens,
-            well_formed=b.well_formed,
+        results.append(evaluate.score_answers(
+            BEST_OF_N, beam_tasks, b,
             note=f"{config.best_of_n} whole answers sampled (T=0.6, top-p 0.9), knockout by "
                  f"length-normalised log-likelihood{searched}"))
     if config.swires:
         b = answer_swires(model, processor, beam_tasks, config.max_new_tokens,
                           _every(log, SWIRES, len(beam_tasks), 10))
-        results.append(evaluate.score(
-            SWIRES, beam_tasks, b.outputs, seconds=b.seconds, tokens=b.tokens,
-            well_formed=b.well_formed,
+        results.append(evaluate.score_answers(
+            SWIRES, beam_tasks, b,
             note="stage-wise retracing search (cotlib.search.swires: 4 captions, best 2 kept, 2 "
                  "reasonings each, retrace when the second-best scores at most -1.0, at most 3 "
                  "times; conclusions for the best 3), scored by the model's own "
@@ -594,9 +602,8 @@ def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentCo
                                               merge=True)
         a = answer_freely(model, processor, test, config.max_new_tokens,
                           _every(log, UNTAGGED, len(test)), config.answer_batch)
-        results.append(evaluate.score(
-            UNTAGGED, test, [stages.retag(o) for o in a.outputs], seconds=a.seconds,
-            tokens=a.tokens,
+        results.append(evaluate.score_answers(
+            UNTAGGED, test, [replace(x, text=stages.retag(x.text)) for x in a],
             note="trained on the same traces without their stage tags; greedy, free generation; "
                  "graded on its last paragraph when it wrote the four paragraphs it was trained "
                  "on (then counted as well formed), else on its whole text"))

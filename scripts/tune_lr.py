@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         model.eval()
         answers = experiment.answer_freely(model, processor, val, budget,
                                            batch_size=config.answer_batch)
-        scored = evaluate.score(f"{args.variant} lr {lr:g}", val, answers.outputs,
-                                tokens=answers.tokens)
+        scored = evaluate.score_answers(f"{args.variant} lr {lr:g}", val, answers)
         losses = [v for _, v in result.losses]
         rows.append({"variant": args.variant + (" (LoRA only)" if args.lora_only else ""),
                      "learning_rate": lr, "val_accuracy": scored.accuracy,

@@ -240,3 +240,25 @@ def test_report_reads_a_config_recorded_before_the_recipe_was_nested(fast_run, t
     training = [line for line in ours if line.startswith("- training")]
     assert training and training == [line for line in old if line.startswith("- training")]
     assert "LoRA r=64 (+ lm_head trained in full)" in training[0]
+
+
+def test_answers_are_scored_as_typed_objects():
+    """One evaluate.Answer per task scores as evaluate.score's parallel lists did; Answers reads
+    each field of its answers."""
+    tasks = synth.make_tasks(6, seed=33)
+    texts = [stages.render("p", "c", "r", t.answer) if i % 2 else "wrong"
+             for i, t in enumerate(tasks)]
+    answers = experiment.Answers(evaluate.Answer(text, 0.1 * i, 10 + i, i % 3 != 0)
+                                 for i, text in enumerate(texts))
+    typed = evaluate.score_answers("s", tasks, answers, note="n")
+    assert typed == evaluate.score("s", tasks, answers.outputs, seconds=answers.seconds,
+                                   tokens=answers.tokens, well_formed=answers.well_formed,
+                                   note="n")
+    assert (typed.accuracy, typed.format_rate, typed.mean_tokens) == (0.5, 0.3333, 12.5)
+    assert [row["output"] for row in typed.rows] == texts
+    free = experiment.Answers([evaluate.Answer("3", tokens=1)])
+    assert free.well_formed is None and free.outputs == ["3"]
+    with pytest.raises(ValueError, match="2 tasks but 1 answers"):
+        evaluate.score_answers("s", tasks[:2], free)
+    with pytest.raises(ValueError, match="2 tasks but 1 tokens"):
+        evaluate.score("s", tasks[:2], ["3", "4"], tokens=[1])
