@@ -262,3 +262,17 @@ def test_answers_are_scored_as_typed_objects():
         evaluate.score_answers("s", tasks[:2], free)
     with pytest.raises(ValueError, match="2 tasks but 1 tokens"):
         evaluate.score("s", tasks[:2], ["3", "4"], tokens=[1])
+
+
+@pytest.mark.parametrize("name", ["demo", "full", "full_direct_only_base"])
+def test_recorded_runs_report_the_table_their_answers_give(name):
+    """The shipped runs (notebook 07, README): the report's table is the one eval.json's answers
+    give, and the full runs have every row of the paper's table on all 330 held-out tasks."""
+    folder = env.DATA_DIR / "results" / name
+    assert experiment.table_matches_report(folder)
+    results = evaluate.load_results(folder)
+    assert [r.name for r in results[:4]] == list(experiment.SYSTEMS)
+    if name != "demo":
+        assert [r.name for r in results[4:]] == [experiment.BEST_OF_N, experiment.SWIRES,
+                                                 experiment.UNTAGGED]
+        assert {r.n for r in results} == {330}
