@@ -264,7 +264,7 @@ def test_answers_are_scored_as_typed_objects():
         evaluate.score("s", tasks[:2], ["3", "4"], tokens=[1])
 
 
-@pytest.mark.parametrize("name", ["demo", "full", "full_direct_only_base"])
+@pytest.mark.parametrize("name", ["demo", "full", "full_earlier_base"])
 def test_recorded_runs_report_the_table_their_answers_give(name):
     """The shipped runs (notebook 07, README): the report's table is the one eval.json's answers
     give, and the full runs have every row of the paper's table on all 330 held-out tasks."""
