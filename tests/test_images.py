@@ -403,3 +403,24 @@ def test_licences_list_every_photo():
     licences = (SAMPLE_PHOTOS_DIR / "LICENSES.md").read_text()
     for photo in sample_photos():
         assert photo.name in licences
+
+
+def test_the_package_reexports_its_names_and_keeps_modules_short():
+    """cotlib.images is a package of short modules; callers keep writing ``images.X``, and the
+    helpers cotlib.teacher_server.traces reaches (DEFAULT_MAX_PIXELS, _bomb_error,
+    _decode_data_url) stay reachable there."""
+    from cotlib import images
+
+    folder = Path(images.__file__).parent
+    lengths = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
+    assert len(lengths) > 1 and max(lengths.values()) <= 600, lengths
+    assert all(hasattr(images, name) for name in images.__all__)
+    for name in ("DEFAULT_MAX_PIXELS", "WHITE", "PHOTO_SUFFIXES", "_bomb_error",
+                 "_decode_data_url"):
+        assert hasattr(images, name), name
+    assert images.load_image.__module__ == "cotlib.images.loading"
+    order = ["errors", "reading", "decoding", "loading"]
+    for i, name in enumerate(order):
+        text = (folder / f"{name}.py").read_text()
+        later = [m for m in order[i + 1:] if f"cotlib.images.{m} import" in text]
+        assert not later, f"{name} imports {later}"

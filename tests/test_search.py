@@ -443,3 +443,24 @@ def test_knockout_odd_counts_and_ties():
     assert [(m.round, m.a, m.b, m.winner) for m in matches] == [
         (1, 0, 1, 1), (1, 2, 3, 2), (2, 1, 2, 1), (3, 1, 4, 1)]
     assert winner == 1  # the tie 3.0 vs 3.0 goes to the earlier candidate
+
+
+def test_the_package_reexports_its_names_and_keeps_modules_short():
+    """cotlib.search is a package of short modules; callers keep writing ``search.X`` (and
+    ``search._rank``, SWIRES' ranking under its former private name)."""
+    import importlib
+    from pathlib import Path
+
+    folder = Path(search.__file__).parent
+    lengths = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
+    assert len(lengths) > 1 and max(lengths.values()) <= 600, lengths
+    assert all(hasattr(search, name) for name in search.__all__)
+    assert search._rank is search.rank_candidates
+    assert search.swires.__module__ == "cotlib.search.retracing"
+    # each module imports only the ones above it: tree, scorers, judges, beam, retracing
+    order = ["tree", "scorers", "judges", "beam", "retracing", "drawing"]
+    for i, name in enumerate(order):
+        text = (folder / f"{name}.py").read_text()
+        later = [m for m in order[i + 1:] if f"cotlib.search.{m} import" in text]
+        assert not later, f"{name} imports {later}"
+        importlib.import_module(f"cotlib.search.{name}")
