@@ -276,3 +276,22 @@ def test_recorded_runs_report_the_table_their_answers_give(name):
         assert [r.name for r in results[4:]] == [experiment.BEST_OF_N, experiment.SWIRES,
                                                  experiment.UNTAGGED]
         assert {r.n for r in results} == {330}
+
+
+def test_the_package_reexports_its_names_and_keeps_modules_short():
+    """cotlib.experiment is a package of short modules; callers keep writing ``experiment.X``,
+    and the second training process's target is importable by its module path (``spawn``
+    pickles it by name)."""
+    import importlib
+    import pickle
+    from pathlib import Path
+
+    folder = Path(experiment.__file__).parent
+    lengths = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
+    assert max(lengths.values()) <= 600, lengths
+    assert all(hasattr(experiment, name) for name in experiment.__all__)
+    from cotlib.experiment import pipeline
+
+    target = pickle.loads(pickle.dumps(pipeline._train_in_second_process))
+    assert target is importlib.import_module(target.__module__)._train_in_second_process
+    assert experiment.run_experiment is pipeline.run_experiment

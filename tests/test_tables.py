@@ -13,7 +13,7 @@ from cotlib import data, tables
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Modules that still write a table rule by hand (another change moves them to cotlib.tables).
-STILL_HAND_BUILT = ("cotlib/experiment.py", "cotlib/evaluate.py")
+STILL_HAND_BUILT = ("cotlib/experiment/report.py", "cotlib/evaluate.py")
 
 
 def test_table_lines_and_alignment():

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cotlib import checks, images, infer, models, stages, widgets
+from cotlib.widgets import loading
 
 PHOTOS = images.SAMPLE_PHOTOS_DIR
 
@@ -104,7 +105,7 @@ def test_shipped_base_loads_the_pretrained_folder_or_says_what_is_missing(tiny_c
 
 def test_the_real_shipped_base_loads_verified():
     loaded = widgets.load_model("shipped base")
-    assert loaded.source == str(widgets.env.BASE_DIR) and loaded.parameters > 1_000_000
+    assert loaded.source == str(loading.env.BASE_DIR) and loaded.parameters > 1_000_000
 
 
 def test_adapter_missing_says_train_one_first(tmp_path):
@@ -137,7 +138,7 @@ def test_hub_id_only_online(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("HF_HUB_OFFLINE=1 must refuse before any connection")
 
-    monkeypatch.setattr(widgets.socket, "create_connection", no_network)
+    monkeypatch.setattr(loading.socket, "create_connection", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(widgets.WidgetError, match="HF_HUB_OFFLINE=1"):
         widgets.load_model("hub id", hub_id=widgets.EXAMPLE_HUB_ID)
@@ -153,7 +154,7 @@ def test_hub_id_with_an_unreachable_hub_fails_at_once_with_a_clear_message(monke
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     loads = []
-    monkeypatch.setattr(widgets.models, "load", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(loading.models, "load", lambda *a, **k: loads.append(a))
     with pytest.raises(widgets.WidgetError, match="hub cannot be reached .*ConnectionRefused"):
         widgets.load_model("hub id", hub_id=widgets.EXAMPLE_HUB_ID)
     assert loads == []  # never reached the download (and its minutes of retries)
@@ -170,7 +171,7 @@ def test_hub_check_answers_for_a_listening_hub_and_gives_up_on_a_silent_one(monk
         release.wait(30)
         raise OSError("released")
 
-    monkeypatch.setattr(widgets.socket, "create_connection", hangs)
+    monkeypatch.setattr(loading.socket, "create_connection", hangs)
     try:
         why = widgets.hub_unreachable("https://hub.invalid", timeout=0.2)
     finally:
@@ -341,3 +342,16 @@ def test_stand_in_decodes_garbage_for_another_photo(stand_in):
                            max_new_tokens=24)
     assert other.answer.text.strip() != widgets.STAND_IN_TRACE.strip()
     assert isinstance(other.answer, infer.StagedAnswer)
+
+
+def test_the_package_reexports_its_names_and_keeps_modules_short():
+    """cotlib.widgets is a package of short modules; notebook 08 and the checks keep writing
+    ``widgets.X``."""
+    from pathlib import Path
+
+    folder = Path(widgets.__file__).parent
+    lengths = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
+    assert max(lengths.values()) <= 600, lengths
+    assert all(hasattr(widgets, name) for name in widgets.__all__)
+    assert widgets.TryApp.__module__ == "cotlib.widgets.app"
+    assert widgets.load_model is loading.load_model
