@@ -69,7 +69,9 @@ BASE_DIR = DATA_DIR / "base"
 def is_fast() -> bool:
     """True when ``COTLIB_FAST`` is set to a true value (tests, CI, quick workshop runs).
 
-    >>> import os; os.environ["COTLIB_FAST"] = "0"; is_fast()
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"COTLIB_FAST": "0"}):
+    ...     is_fast()
     False
     """
     return os.environ.get("COTLIB_FAST", "").strip().lower() in {"1", "true", "yes", "on"}
@@ -233,7 +235,9 @@ def torch_dtype(name: str | None = None):
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and torch so a run can be repeated.
 
-    >>> seed_everything(1); a = random.random(); seed_everything(1); a == random.random()
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ):  # it also sets PYTHONHASHSEED for child processes
+    ...     seed_everything(1); a = random.random(); seed_everything(1); a == random.random()
     True
     """
     random.seed(seed)

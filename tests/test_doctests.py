@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import os
 import pkgutil
 
 import pytest
 
 import cotlib
 
+#: Variables a library sets when it is first imported (torch), not an example.
+IMPORT_SIDE_EFFECTS = {"TORCHINDUCTOR_CACHE_DIR"}
 MODULES = sorted(m.name for m in pkgutil.walk_packages(cotlib.__path__, prefix="cotlib."))
 
 
@@ -25,8 +28,23 @@ def test_module_doctests(name, tiny_cache, tmp_path, monkeypatch, capsys):
     place and tiny models to the session's cache, so no example writes into the clone."""
     monkeypatch.setenv("COTLIB_RUNS", str(tmp_path / "runs"))
     module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, report=True)
+    before = dict(os.environ)
+    try:
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, report=True)
+    finally:
+        # an example that sets a variable (env.is_fast's once set COTLIB_FAST=0) must not leak
+        # into the worker: every notebook kernel it starts later inherits its environment
+        changed = sorted(k for k in {*os.environ, *before}
+                         if os.environ.get(k) != before.get(k) and k not in IMPORT_SIDE_EFFECTS)
+        for key in changed:
+            if key in before:
+                os.environ[key] = before[key]
+            else:
+                del os.environ[key]
     report = capsys.readouterr().out
+    assert not changed, (
+        f"{name}'s examples change os.environ ({changed}) and do not put it back: use "
+        "unittest.mock.patch.dict(os.environ, ...) in the example")
     assert result.failed == 0, (
         f"{name}: {result.failed} of {result.attempted} examples failed\n{report}")
 
