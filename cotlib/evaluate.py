@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cotlib import normalize, stages
+from cotlib import normalize, stages, tables
 
 
 @dataclass
@@ -179,32 +179,28 @@ def comparison_table(results: Sequence[EvalResult]) -> str:
     if not results:
         raise ValueError("no results to compare")
     base = results[0]
-    lines = [
-        "| system | n | accuracy | 95% interval | format | tokens/answer | s/answer | "
-        "tokens vs first | time vs first |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for r in results:
         tok_ratio = r.mean_tokens / base.mean_tokens if base.mean_tokens else float("nan")
         sec_ratio = r.mean_seconds / base.mean_seconds if base.mean_seconds else float("nan")
         lo, hi = accuracy_interval(r)
-        lines.append(
-            f"| {r.name} | {r.n} | {r.accuracy:.1%} | {lo:.1%}–{hi:.1%} | {r.format_rate:.1%} | "
-            f"{r.mean_tokens:.1f} "
-            f"| {r.mean_seconds:.3f} | {tok_ratio:.1f}x | {sec_ratio:.1f}x |"
-        )
-    return "\n".join(lines)
+        rows.append([r.name, r.n, f"{r.accuracy:.1%}", f"{lo:.1%}–{hi:.1%}",
+                     f"{r.format_rate:.1%}", f"{r.mean_tokens:.1f}", f"{r.mean_seconds:.3f}",
+                     f"{tok_ratio:.1f}x", f"{sec_ratio:.1f}x"])
+    return tables.markdown_table(
+        ["system", "n", "accuracy", "95% interval", "format", "tokens/answer", "s/answer",
+         "tokens vs first", "time vs first"], rows)
 
 
 def by_type_table(results: Sequence[EvalResult]) -> str:
     """Accuracy per task type, one column per system (markdown)."""
+    if not results:
+        raise ValueError("no results to tabulate: give at least one EvalResult")
     kinds = sorted({k for r in results for k in r.by_type})
-    lines = ["| task type | " + " | ".join(r.name for r in results) + " |",
-             "|---|" + "---|" * len(results)]
-    for kind in kinds:
-        cells = [f"{r.by_type[kind]:.0%}" if kind in r.by_type else "–" for r in results]
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return tables.markdown_table(
+        ["task type", *(r.name for r in results)],
+        [[kind, *(f"{r.by_type[kind]:.0%}" if kind in r.by_type else "–" for r in results)]
+         for kind in kinds])
 
 
 def plot_results(results: Sequence[EvalResult], path: str | Path | None = None):
@@ -256,14 +252,11 @@ def stage_table(results: Sequence[EvalResult]) -> str:
     >>> print(stage_table([r]).splitlines()[-1])
     | cot | 2.0 | 1.0 | 1.0 | 1.0 |
     """
-    lines = ["| system | " + " | ".join(stages.STAGES) + " |",
-             "|---|" + "---|" * len(stages.STAGES)]
-    for r in results:
-        if r.stage_words:
-            cells = [f"{r.stage_words[s]:.1f}" if s in r.stage_words else "–"
-                     for s in stages.STAGES]
-            lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return tables.markdown_table(
+        ["system", *stages.STAGES],
+        [[r.name, *(f"{r.stage_words[s]:.1f}" if s in r.stage_words else "–"
+                    for s in stages.STAGES)]
+         for r in results if r.stage_words])
 
 
 def difference_se(a: EvalResult, b: EvalResult) -> float:
@@ -488,19 +481,17 @@ def controls_table(results: dict[str, EvalResult]) -> str:
     | **all** | 11 | 100.0 [74.1, 100.0] |
     """
     names = list(results)
-    lines = ["| task type | n | " + " | ".join(names) + " |",
-             "|---|---:|" + "---:|" * len(names)]
     first = results[names[0]]
-    cells = []
+    overall = ["**all**", first.n]
     for r in results.values():
         lo, hi = accuracy_interval(r)
-        cells.append(f"{100 * r.accuracy:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
-    lines.append(f"| **all** | {first.n} | " + " | ".join(cells) + " |")
+        overall.append(f"{100 * r.accuracy:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
     counts = Counter(row["task_type"] for row in first.rows)
-    for kind in sorted(first.by_type):
-        lines.append(f"| {kind} | {counts[kind]} | " + " | ".join(
-            f"{100 * r.by_type.get(kind, float('nan')):.1f}" for r in results.values()) + " |")
-    return "\n".join(lines)
+    rows = [overall] + [
+        [kind, counts[kind],
+         *(f"{100 * r.by_type.get(kind, float('nan')):.1f}" for r in results.values())]
+        for kind in sorted(first.by_type)]
+    return tables.markdown_table(["task type", "n", *names], rows, "l" + "r" * (len(names) + 1))
 
 
 def plot_overhead(results: Sequence[EvalResult], path: str | Path | None = None):

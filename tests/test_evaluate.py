@@ -48,6 +48,9 @@ def test_comparison_table_shows_overhead(tasks):
     table = evaluate.comparison_table([direct, cot])
     assert "| cot | 22 | 100.0% | 85.1%–100.0% | 100.0% | 30.0 | 0.300 | 15.0x | 3.0x |" in table
     assert "| count_color |" in evaluate.by_type_table([direct, cot])
+    for table in (evaluate.comparison_table, evaluate.by_type_table):
+        with pytest.raises(ValueError, match="no results"):
+            table([])
 
 
 def test_bad_input_is_refused_clearly(tasks):

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from cotlib import data, tables
+from cotlib import data, env, evaluate, experiment, tables
 
 ROOT = Path(__file__).resolve().parent.parent
-
-#: Modules that still write a table rule by hand (another change moves them to cotlib.tables).
-STILL_HAND_BUILT = ("cotlib/experiment/report.py", "cotlib/evaluate.py")
 
 
 def test_table_lines_and_alignment():
@@ -56,8 +54,22 @@ def test_dataset_card_rows_table(tmp_path):
 
 
 def test_no_module_builds_its_own_table_rule():
-    found = {path.relative_to(ROOT).as_posix() for path in (ROOT / "cotlib").rglob("*.py")
-             if "|---" in path.read_text() and path.name != "tables.py"}
-    assert found <= set(STILL_HAND_BUILT), (
-        f"markdown tables built by hand in {sorted(found - set(STILL_HAND_BUILT))}: "
-        "use cotlib.tables.markdown_table")
+    found = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "cotlib").rglob("*.py")
+                   if "|---" in path.read_text() and path.name != "tables.py")
+    assert not found, f"markdown tables built by hand in {found}: use cotlib.tables.markdown_table"
+
+
+@pytest.mark.parametrize("name", ["demo", "full", "full_earlier_base"])
+def test_recorded_reports_are_rewritten_character_for_character(name, tmp_path):
+    """write_report, given a shipped run's recorded results, controls and experiment.json,
+    writes its report.md again byte for byte: every table in it (comparison, by type, controls,
+    wrong CoT answers by stage, format, stage lengths) keeps the format it was written with."""
+    folder = env.DATA_DIR / "results" / name
+    controls = evaluate.load_results(folder / "controls.json")
+    assert [r.note.split(": ")[-1] for r in controls[1:3]] == ["shuffled", "blank"]
+    info = json.loads((folder / "experiment.json").read_text())
+    assert info.get("attribution"), "the shipped runs report the wrong answers by stage"
+    path = experiment.write_report(experiment.Experiment(
+        tmp_path, evaluate.load_results(folder), info,
+        dict(zip(["real", "shuffled", "blank", "majority"], controls, strict=True))))
+    assert path.read_text() == (folder / "report.md").read_text()

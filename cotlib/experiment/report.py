@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cotlib import tables
 from cotlib.evaluate import EvalResult
 from cotlib.experiment.config import BEST_OF_N, EXTRA_TASK_SEED, SWIRES, UNTAGGED, Experiment
 
@@ -132,10 +133,11 @@ def _rescored(result: EvalResult, rows: list[dict], what: str) -> EvalResult:
         note=f"{result.note}; {what}")
 
 
-def _format_check(results: Sequence[EvalResult]) -> list[str]:
+def _format_table(results: Sequence[EvalResult]) -> str:
+    """Each system's format compliance and how its other answers broke the format (markdown)."""
     from cotlib import stages
 
-    out = []
+    rows = []
     for r in results:
         bad: Counter = Counter()
         for row in r.rows:
@@ -144,8 +146,9 @@ def _format_check(results: Sequence[EvalResult]) -> list[str]:
                 kinds = sorted(parsed.problem_kinds()) or ["a stage not closed by the model"]
                 bad[kinds[0]] += 1
         problems = ", ".join(f"{k} {v}" for k, v in bad.most_common()) or "none"
-        out.append(f"| {r.name} | {r.format_rate:.1%} | {problems} |")
-    return out
+        rows.append([r.name, f"{r.format_rate:.1%}", problems])
+    return tables.markdown_table(
+        ["system", "format compliance", "first problem of the others"], rows)
 
 
 def recorded_recipe(config: dict[str, Any]) -> dict[str, Any]:
@@ -230,8 +233,7 @@ def write_report(experiment: Experiment) -> Path:
         "![accuracy by task type](by_type.png)", "",
         *_controls_section(experiment), *_attribution_section(info.get("attribution")),
         "## Format and stage lengths", "",
-        "| system | format compliance | first problem of the others |", "|---|---|---|",
-        *_format_check(results), "",
+        _format_table(results), "",
         "Mean words per stage:", "", evaluate.stage_table(results), "",
         "## Run", "",
         f"- times: {timing}; total {info['total_seconds']:.0f} s",
@@ -273,10 +275,10 @@ def _attribution_section(table: dict | None) -> list[str]:
     cap = table["captions"]
     items = cap["items_right"] + cap["items_missed"]
     stages_ = ", ".join(f"{k} {v}" for k, v in table["wrong_by_stage"].items())
-    rows = ["| task type | " + " | ".join(table["wrong_by_stage"]) + " |",
-            "|---|" + "---:|" * len(table["wrong_by_stage"])]
-    rows += [f"| {kind} | " + " | ".join(str(v) for v in counts.values()) + " |"
-             for kind, counts in table["by_type"].items()]
+    by_stage = tables.markdown_table(
+        ["task type", *table["wrong_by_stage"]],
+        [[kind, *counts.values()] for kind, counts in table["by_type"].items()],
+        "l" + "r" * len(table["wrong_by_stage"]))
     return [
         "## Where the wrong CoT answers went wrong", "",
         "Each CoT SFT answer checked stage by stage against the known scene "
@@ -289,7 +291,7 @@ def _attribution_section(table: dict | None) -> list[str]:
         f"- Captions read: {cap['read']}; exactly right: {cap['exact']}; scene items named right "
         f"{cap['items_right']} of {items}"
         + (f" ({cap['items_right'] / items:.1%})" if items else "")
-        + f", invented {cap['items_invented']}.", "", *rows, ""]
+        + f", invented {cap['items_invented']}.", "", by_stage, ""]
 
 
 def table_matches_report(run: str | os.PathLike) -> bool:
