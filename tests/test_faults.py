@@ -259,9 +259,13 @@ def test_budget_is_a_ceiling_at_any_concurrency(concurrency, tmp_path):
         summary = run_generation(tasks, out, cfg, progress=False)
         requests = server.requests
     spent = sum(r["cost_usd"] for r in lines(out))
-    worst = min(teacher.worst_case_cost(teacher.build_messages(t), cfg) for t in tasks)
+    written = {r["task_id"] for r in lines(out)}
+    # the request it did not send is one of the tasks left (which one depends on arrival order
+    # at high concurrency); their worst cases differ by a few cents
+    worst = max(teacher.worst_case_cost(teacher.build_messages(t), cfg) for t in tasks
+                if t.id not in written)
     print(f"concurrency {concurrency}: spent ${spent:.4f} of ${cap} cap, {summary.done} done, "
-          f"worst case per request ${worst:.4f}")
+          f"worst case of a request left ${worst:.4f}")
     assert spent <= cap and summary.cost_usd <= cap
     assert spent + worst > cap  # it stopped only when one more request could cross the cap
     assert summary.stopped_by_budget and summary.done >= 3 and summary.failed == 0
