@@ -115,6 +115,26 @@ def test_generate_ids_batched_rows_equal_decoding_alone(memorised, tasks):
         models.chat_prompt(processor, questions[0])], max_new_tokens=80)[0]).ok
 
 
+def test_generate_ids_greedy_is_model_generate_and_equals_the_cache_loop(tiny, tasks):
+    """Greedy ``generate_ids`` (``model.generate``) gives each row of an uneven batch the tokens
+    of the staged decoder's cache loop it replaced; with ``sampling`` it draws on that loop,
+    seeded."""
+    from cotlib.infer.generate import _decode_on_cache
+
+    _, model, processor = tiny
+    images = [tasks[0].get_image(), tasks[1].get_image()]
+    prompts = [models.chat_prompt(processor, tasks[0].prompt_question()),
+               models.chat_prompt(processor, tasks[1].prompt_question() + " Think hard.")]
+    rows = infer.generate_ids(model, processor, images, prompts, max_new_tokens=6)
+    assert rows == _decode_on_cache(model, processor, images, prompts, max_new_tokens=6)
+    assert all(0 < len(r) <= 6 for r in rows)
+    drawn = [infer.generate_ids(model, processor, images, prompts, max_new_tokens=6,
+                                sampling=infer.Sampling(1.0, 1.0, seed=3)) for _ in range(2)]
+    assert drawn[0] == drawn[1] == _decode_on_cache(
+        model, processor, images, prompts, max_new_tokens=6,
+        sampling=infer.Sampling(1.0, 1.0, seed=3))
+
+
 def test_memorised_model_continue_from(memorised):
     _, model, processor, task = memorised
     staged = infer.generate_stages(model, processor, *_q(task))

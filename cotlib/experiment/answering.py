@@ -43,9 +43,9 @@ class Answers(list[Answer]):
 def answer_freely(model, processor, tasks: Sequence, max_new_tokens: int,
                   progress: Callable[[int], Any] | None = None, batch_size: int = 8,
                   images: Sequence | None = None) -> Answers:
-    """Greedy decoding of ``batch_size`` tasks at a time on a shared cache
-    (:func:`cotlib.infer.generate_ids`: each row gets the tokens it would get alone), stopped at
-    the end-of-answer token: nothing is forced, the text is all the model's own. Seconds per
+    """Greedy decoding of ``batch_size`` tasks at a time, left-padded, by transformers'
+    ``model.generate`` (:func:`cotlib.infer.generate_ids`), stopped at the end-of-answer token:
+    nothing is forced, the text is all the model's own. Seconds per
     answer are a batch's wall time divided by its size (throughput; the same for each system
     answered this way).
 

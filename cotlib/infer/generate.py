@@ -1,5 +1,5 @@
-"""Free text on the same cache (:func:`generate_ids`, :func:`generate_text`: the judge in
-:mod:`cotlib.search`, the direct answers in :mod:`cotlib.experiment`), the one-pass reference
+"""Free text (:func:`generate_ids`, :func:`generate_text`: ``model.generate`` when greedy; the
+judge in :mod:`cotlib.search`, the free answers in :mod:`cotlib.experiment`), the one-pass reference
 (:func:`generate_one_pass`: ``model.generate``), and :func:`memorise`, which overfits a tiny model
 on one answer for demos and tests."""
 
@@ -34,18 +34,22 @@ def generate_ids(
     max_new_tokens: int = 64,
     sampling: Sampling | None = None,
 ) -> list[list[int]]:
-    """The new token ids for ready-made chat prompts (one image each), decoded as one batch on
-    a shared cache; each row stops at its end-of-answer token (not included). Greedy unless
-    ``sampling`` is given: row ``i`` gets the same tokens as decoding prompt ``i`` alone.
+    """The new token ids for ready-made chat prompts (one image each), decoded as one batch;
+    each row stops at its end-of-answer token (not included) and carries no padding.
 
-    Measured against transformers' ``model.generate(do_sample=False)`` on the same left-padded
-    batches (``benchmarks/bench_generate.py``: data/base with the demo run's CoT adapter merged,
-    CPU, 1 thread, the first 64 test tasks in batches of 8, at most 320 new tokens): the same new
-    tokens on 64 of 64 rows, at 0.91x and 0.98x its tokens/s in two runs (1.15x on 32 tasks,
-    0.96x at batch 1; the machine was shared, so within noise). It is neither faster nor more
-    exact: for greedy answers ``model.generate`` would do the same. What this loop adds is only
-    that it runs on the :class:`~cotlib.infer.state.DecodeState` prefill/feed that stage-by-stage
-    decoding uses, and a seeded ``sampling``; no caller passes ``sampling`` today.
+    Greedy (``sampling`` None) is transformers' ``model.generate(do_sample=False)`` on the
+    left-padded batch, each row cut at its first end-of-answer token. It replaced a hand-written
+    batched loop on the staged decoder's shared cache after both gave the same texts and token
+    counts on every row of the experiment's free generation (``benchmarks/compare_generate.py``:
+    data/tasks/heldout's 330 tasks, batch 40, CPU, 1 thread: the same text and token count on
+    330 of 330 rows with the demo run's merged CoT adapter at 320 new tokens (51,226 tokens),
+    its direct adapter and the bare base at 8; 330 tokens each, one per answer). Speed: 65 s
+    against the loop's 51 s for those CoT answers on a shared machine, while
+    ``bench_generate.py`` measured the loop at 0.91x to 1.15x ``model.generate``'s tokens/s:
+    within the noise of a shared machine. With
+    ``sampling`` the rows are drawn on the :class:`~cotlib.infer.state.DecodeState` cache by
+    :func:`~cotlib.infer.sampling.choose_next` (seeded by ``sampling.seed``), as stage-by-stage
+    decoding draws them.
 
     >>> model, processor = models.load(models.tiny("idefics3"))
     >>> from PIL import Image
@@ -54,6 +58,45 @@ def generate_ids(
     ...                    max_new_tokens=4)
     >>> len(ids), ids[0] == ids[1]
     (2, True)
+    """
+    if sampling is not None:
+        return _decode_on_cache(model, processor, images, prompts,
+                                max_new_tokens=max_new_tokens, sampling=sampling)
+    import torch
+    from transformers import GenerationConfig
+
+    eos = eos_ids(model, processor)
+    batch = models.encode(processor, list(images), list(prompts), device=device_of(model))
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                              eos_token_id=sorted(eos), pad_token_id=pad_id(processor))
+    owner = rope_owner(model)
+    saved = owner.rope_deltas if owner is not None else None
+    try:
+        with torch.inference_mode():
+            out = model.generate(**batch, generation_config=config)
+    finally:
+        if owner is not None:
+            owner.rope_deltas = saved
+    rows = []
+    for ids in out[:, batch["input_ids"].shape[1]:].tolist():
+        cut = next((i for i, t in enumerate(ids) if t in eos), len(ids))
+        rows.append(ids[:cut])
+    return rows
+
+
+def _decode_on_cache(
+    model,
+    processor,
+    images: Sequence[Any],
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    sampling: Sampling | None = None,
+) -> list[list[int]]:
+    """:func:`generate_ids` token by token on the staged decoder's shared cache (prefill and
+    feed of :class:`~cotlib.infer.state.DecodeState`): greedy unless ``sampling`` is given; row
+    ``i`` gets the tokens it would get decoded alone. The sampled path of :func:`generate_ids`,
+    and the greedy reference ``benchmarks/compare_generate.py`` compares ``model.generate`` with.
     """
     import torch
 
