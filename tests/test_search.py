@@ -191,6 +191,36 @@ def test_openai_judge(fake_judge_server, task):
     assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
 
 
+def test_openai_judge_and_rater_retry_by_the_teachers_policy(fake_judge_server, task):
+    """One retry policy: the client's own retries are turned off and its retry count goes to
+    the teacher's (cotlib.teacher.complete_with_retries), which also retries a malformed 200."""
+    from openai import OpenAI
+
+    from cotlib import teacher
+
+    url, replies, seen = fake_judge_server
+    client = OpenAI(base_url=url, api_key="test", max_retries=1, timeout=10)
+    judge = search.openai_judge_scorer(client, "judge-model")
+    ctx = search.JudgeContext("REASONING", "How many?", "", task.get_image())
+    pair = [(_cand(0, "first"), _cand(1, "second"))]
+    replies += [("status", 500), ("text", "I choose response 2.")]
+    d = judge.compare(ctx, pair)
+    assert len(seen) == 2 and (d[0].choice, d[0].fallback) == (1, False), d[0]
+    replies += [("status", 503), ("status", 500)]  # one retry, then the judge falls back
+    d = judge.compare(ctx, pair)
+    assert len(seen) == 4 and d[0].fallback and "InternalServerError" in d[0].reason
+    assert judge._calls.max_retries == 0 and judge._policy.max_retries == 1
+
+    rater = search.openai_reward_scorer(client, "rm")
+    replies += [("text", ""), ("text", "Score: 7")]  # an empty 200 is retried like a 500
+    assert rater.score(_cand(2, "third"), ctx) == 7.0
+    assert len(seen) == 6 and rater.failures == 0
+    built = search.openai_judge_scorer(teacher.TeacherConfig(base_url=url), "j")
+    assert built._policy.max_retries == 1 and built._calls.max_retries == 0
+    built.client.close()
+    client.close()
+
+
 def test_beam_search_with_an_openai_judge(fake_judge_server, tiny, task):
     from openai import OpenAI
 

@@ -54,6 +54,41 @@ _RESPONSE_RE = re.compile(r"\bresponse\s*[\[(#]?\s*([12])\b", re.IGNORECASE)
 _REASON_RE = re.compile(r"since\s+(.*?)\s*,?\s*I\s+choose", re.IGNORECASE | re.DOTALL)
 
 
+def _retry_policy(client) -> tuple[object, object]:
+    """The teacher's retry policy for a judge's or rater's client: ``(calls, config)``, where
+    ``calls`` is ``client`` with the SDK's own retries off and ``config`` a
+    :class:`cotlib.teacher.TeacherConfig` holding the client's retry count, for
+    :func:`cotlib.teacher.complete_with_retries` (429, 5xx, timeouts, connection errors and a
+    malformed 200 retried after the teacher's backoff, honouring ``Retry-After``): one policy
+    for the teacher, the filter's judge and the search's judges. A client that cannot copy
+    itself without retries (no ``with_options``) is called as it is, once per attempt.
+
+    >>> from cotlib import teacher
+    >>> client = teacher.openai_client("http://127.0.0.1:8765/v1", max_retries=2)
+    >>> calls, config = _retry_policy(client)
+    >>> calls.max_retries, config.max_retries
+    (0, 2)
+    >>> client.close()
+    """
+    from cotlib import teacher
+
+    retries = getattr(client, "max_retries", 0)
+    retries = retries if isinstance(retries, int) and retries >= 0 else 0
+    with_options = getattr(client, "with_options", None)
+    calls = with_options(max_retries=0) if callable(with_options) else client
+    return calls, teacher.TeacherConfig(max_retries=retries)
+
+
+def _complete(calls, config, model_name: str, content: list[dict], max_tokens: int) -> str:
+    """One judge or rater completion under :func:`_retry_policy`'s policy: the reply's text, or
+    the last failure raised (an ``openai`` error or :class:`cotlib.teacher.BadResponse`)."""
+    from cotlib import teacher
+
+    return teacher.complete_with_retries(lambda: calls.chat.completions.create(
+        model=model_name, messages=[{"role": "user", "content": content}],
+        max_tokens=max_tokens, temperature=0), config).text
+
+
 def parse_judgement(text: str) -> tuple[int | None, str]:
     """Read a judge's answer: ``(0 or 1, reason)``, or ``(None, text)`` if it is malformed.
 
@@ -143,12 +178,15 @@ def judge_scorer(model, processor, *, prompts: Mapping[str, str] | None = None,
 
 
 class OpenAIJudge(_JudgeBase):
-    """An external judge through any OpenAI-compatible chat endpoint."""
+    """An external judge through any OpenAI-compatible chat endpoint. Calls are retried by the
+    teacher's policy with the client's retry count (:func:`_retry_policy`); a call that still
+    fails, or a malformed reply, falls back."""
 
     def __init__(self, client, model_name: str, *, prompts=None, include_image: bool = True,
                  max_tokens: int = 128, fallback: Scorer | None = None):
         super().__init__(prompts, fallback)
         self.client, self.model_name = client, model_name
+        self._calls, self._policy = _retry_policy(client)
         self.include_image, self.max_tokens = include_image, max_tokens
         self.name = f"openai judge ({model_name})"
 
@@ -163,11 +201,8 @@ class OpenAIJudge(_JudgeBase):
             if url:
                 content.append({"type": "image_url", "image_url": {"url": url}})
             try:
-                resp = self.client.chat.completions.create(
-                    model=self.model_name, messages=[{"role": "user", "content": content}],
-                    max_tokens=self.max_tokens, temperature=0,
-                )
-                raws.append(resp.choices[0].message.content or "")
+                raws.append(_complete(self._calls, self._policy, self.model_name, content,
+                                     self.max_tokens))
                 errors.append(None)
             except Exception as err:  # network, auth, server errors: fall back, keep going
                 raws.append("")
@@ -217,12 +252,14 @@ class OpenAIRater(ScoreScorer):
     """An external reward model through any OpenAI-compatible chat endpoint: it rates one
     candidate at a time from 0 to 10 (what SWIRES needs; the pairwise judges cannot say how good
     a candidate is on its own). A failed call or an unreadable answer scores NaN, which ranks
-    last; ``failures`` counts them and ``log`` keeps every raw answer."""
+    last; ``failures`` counts them and ``log`` keeps every raw answer. Calls are retried by
+    the teacher's policy with the client's retry count (:func:`_retry_policy`)."""
 
     def __init__(self, client, model_name: str, *, include_image: bool = True,
                  max_tokens: int = 16):
         super().__init__(f"openai rater ({model_name})", self._rate)
         self.client, self.model_name = client, model_name
+        self._calls, self._policy = _retry_policy(client)
         self.include_image, self.max_tokens = include_image, max_tokens
         self.failures = 0
         self.log: list[tuple[str, int, str]] = []  # (stage, candidate index, raw answer or error)
@@ -243,11 +280,7 @@ class OpenAIRater(ScoreScorer):
             content.append({"type": "image_url",
                             "image_url": {"url": images.image_to_data_url(ctx.image)}})
         try:
-            resp = self.client.chat.completions.create(
-                model=self.model_name, messages=[{"role": "user", "content": content}],
-                max_tokens=self.max_tokens, temperature=0,
-            )
-            raw = resp.choices[0].message.content or ""
+            raw = _complete(self._calls, self._policy, self.model_name, content, self.max_tokens)
         except Exception as err:  # network, auth, server errors: rank last, keep going
             raw = f"rater call failed: {type(err).__name__}: {shorten(err, 120)}"
             self.failures += 1
