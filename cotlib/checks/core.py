@@ -67,18 +67,8 @@ def run_cases(title: str, fn: Callable, cases: Iterable[Case]) -> bool:
     """
     cases = list(cases)
     for case in cases:
-        try:
-            got = fn(*case.args)
-        except NotImplementedError:
-            print(f"⏳ {title}: not done yet — write the function above and run this cell again. "
-                  "The notebook continues with cotlib's version meanwhile.")
-            return False
-        except Exception as err:  # a learner's bug: show it briefly, never crash the notebook
-            last = traceback.extract_tb(err.__traceback__)[-1]
-            print(f"❌ {title}: case '{case.name}' raised {type(err).__name__}: {err} "
-                  f"(line {last.lineno}: {last.line!r})")
-            if case.hint:
-                print(f"   hint: {case.hint}")
+        ok, got = call(title, case.name, fn, *case.args, hint=case.hint)
+        if not ok:
             return False
         if got != case.expected:
             print(f"❌ {title}: case '{case.name}': got {got!r}, expected {case.expected!r}")
@@ -101,8 +91,9 @@ NOT_DONE = ("not done yet — write the function above and run this cell again. 
             "continues with cotlib's version meanwhile.")
 
 
-def call(title: str, case: str, fn: Callable, *args) -> tuple[bool, Any]:
-    """Call a learner's function; report "not done yet" or an exception in one line."""
+def call(title: str, case: str, fn: Callable, *args, hint: str = "") -> tuple[bool, Any]:
+    """Call a learner's function; report "not done yet" or an exception in one line (then
+    ``hint``, if any)."""
     try:
         return True, fn(*args)
     except NotImplementedError:
@@ -111,6 +102,8 @@ def call(title: str, case: str, fn: Callable, *args) -> tuple[bool, Any]:
         last = traceback.extract_tb(err.__traceback__)[-1]
         print(f"❌ {title}: case '{case}' raised {type(err).__name__}: {err} "
               f"(line {last.lineno}: {last.line!r})")
+        if hint:
+            print(f"   hint: {hint}")
     return False, None
 
 

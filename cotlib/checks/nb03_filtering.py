@@ -3,12 +3,11 @@ hedging check against the library's."""
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 from cotlib import stages
-from cotlib.checks.core import NOT_DONE, Case, miss, run_cases
+from cotlib.checks.core import Case, call, miss, run_cases
 
 _ANSWER_HINTS = {
     "multiple_choice": "for multiple choice an answer may be the option's letter or its text: "
@@ -110,16 +109,8 @@ def check_answer_check(fn: Callable, n_tasks: int = 48, seed: int = 11) -> bool:
     cases = answer_check_cases(n_tasks, seed)
     results, first = [], None
     for name, record, task, kind, what in cases:
-        try:
-            got = fn(record, task)
-        except NotImplementedError:
-            print(f"⏳ {title}: {NOT_DONE}")
-            return False
-        except Exception as err:  # a learner's bug: show it briefly, never crash the notebook
-            last = traceback.extract_tb(err.__traceback__)[-1]
-            print(f"❌ {title}: case '{name}' raised {type(err).__name__}: {err} "
-                  f"(line {last.lineno}: {last.line!r})")
-            print(f"   hint: {_ANSWER_HINTS[what]}")
+        ok, got = call(title, name, fn, record, task, hint=_ANSWER_HINTS[what])
+        if not ok:
             return False
         got, expected = _reason(got), _reason(filtering.check_answer(record, task))
         results.append((kind, got))
