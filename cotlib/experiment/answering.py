@@ -153,8 +153,9 @@ def _every(log: Callable[[str], Any], name: str, total: int, each: int = 20):
 def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentConfig,
                      log: Callable[[str], Any] = print, train_tasks: Sequence | None = None
                      ) -> tuple[list[EvalResult], dict[str, EvalResult]]:
-    """Answer ``test`` with the four systems and score them (:data:`SYSTEMS`, in order); also
-    the base's image controls (:func:`base_controls`; empty unless ``config.controls``)."""
+    """Answer ``test`` with the four systems and score them (:data:`SYSTEMS`, in order), then the
+    rows ``config`` asks for (best-of-N, SWIRES, the untagged adapter); also the base's image
+    controls (:func:`base_controls`; empty unless ``config.controls``)."""
     from cotlib import evaluate, models, train
 
     device = env.hardware().device
@@ -204,13 +205,17 @@ def evaluate_systems(base: Path, run: Path, test: Sequence, config: ExperimentCo
             note=f"{config.best_of_n} whole answers sampled (T=0.6, top-p 0.9), knockout by "
                  f"length-normalised log-likelihood{searched}"))
     if config.swires:
+        from cotlib import search
+
         b = answer_swires(model, processor, beam_tasks, config.max_new_tokens,
                           _every(log, SWIRES, len(beam_tasks), 10))
+        kw = search.swires.__kwdefaults__  # answer_swires runs SWIRES with its defaults
         results.append(evaluate.score_answers(
             SWIRES, beam_tasks, b,
-            note="stage-wise retracing search (cotlib.search.swires: 4 captions, best 2 kept, 2 "
-                 "reasonings each, retrace when the second-best scores at most -1.0, at most 3 "
-                 "times; conclusions for the best 3), scored by the model's own "
+            note=f"stage-wise retracing search (cotlib.search.swires: {kw['m']} captions, best "
+                 f"{kw['n']} kept, {kw['k']} reasonings each, retrace when the second-best "
+                 f"scores at most {kw['cutoff']}, at most {kw['retraces']} times; conclusions "
+                 f"for the best {kw['top']}), scored by the model's own "
                  f"length-normalised log-likelihood, not the paper's reward model{searched}"))
     env.free_memory(model)
     if config.untagged:
