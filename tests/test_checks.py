@@ -542,3 +542,81 @@ def test_hedging_exercise_checker(capsys):
 
     assert not checks.check_hedging_exercise(stub)
     assert "not done yet" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# what a checker returns: True/False in code, nothing under a notebook cell
+# --------------------------------------------------------------------------------------------
+
+def test_verdict_behaves_like_the_bool_it_stands_for():
+    import pickle
+
+    yes, no = checks.Verdict(True), checks.Verdict(False)
+    assert yes and not no
+    assert yes == True and no == False  # noqa: E712 — the comparison learners and tests write
+    assert yes != False and no != True  # noqa: E712
+    assert checks.Verdict("ok") == True and checks.Verdict([]) == False  # noqa: E712
+    assert {True: "pass", False: "fail"}[yes] == "pass"  # hashes like the bool
+    assert (repr(yes), str(no), f"{yes}") == ("True", "False", "True")
+    assert sum([yes, yes, no]) == 2 and isinstance(yes, int)
+    assert pickle.loads(pickle.dumps(no)) == False  # noqa: E712
+    assert type(pickle.loads(pickle.dumps(no))) is checks.Verdict
+
+
+def test_verdict_shows_nothing_in_ipython(capsys):
+    """IPython's display formatter (what a kernel's display hook asks) gives no output at all
+    for a verdict, where a bare bool gets its ``True``; the kernel test below runs the real
+    path."""
+    from IPython.core.formatters import DisplayFormatter
+
+    formatter = DisplayFormatter()
+    assert formatter.format(True) == ({"text/plain": "True"}, {})
+    for verdict in (checks.Verdict(True), checks.Verdict(False)):
+        assert formatter.format(verdict) == ({}, {})
+    assert capsys.readouterr().out == ""
+
+
+def test_every_checker_returns_a_verdict(capsys):
+    import inspect
+
+    names = [n for n in checks.__all__ if n.startswith("check_")] + ["cmp", "run_cases"]
+    for name in names:
+        fn = getattr(checks, name)
+        assert getattr(fn, "__wrapped__", None) is not None, f"{name}: decorate it with @checker"
+        assert inspect.signature(fn).return_annotation == "Verdict", name
+
+    def stub(*args):
+        raise NotImplementedError
+
+    cheap = [checks.check_weights_gib, checks.check_split_stages, checks.check_conditioned_prompt,
+             checks.check_knockout, checks.check_best_within_budget, checks.check_first_upload,
+             checks.check_hedging_exercise]
+    for fn in cheap:
+        verdict = fn(stub)
+        assert type(verdict) is checks.Verdict and verdict == False, fn.__name__  # noqa: E712
+    assert "not done yet" in capsys.readouterr().out
+    passed = checks.run_cases("double", lambda x: 2 * x, [checks.Case("two", (2,), 4)])
+    assert type(passed) is checks.Verdict and passed == True  # noqa: E712
+    missed = checks.miss("t", "c", 1, 2)
+    assert type(missed) is checks.Verdict and not missed
+    assert capsys.readouterr().out == ("✅ double: all 1 cases pass\n❌ t: case 'c'\n"
+                                       "   got:      1\n   expected: 2\n")
+
+
+def test_a_checker_cell_in_jupyter_shows_only_the_checkers_lines():
+    """In a real kernel the last value of a checker cell adds no ``True``/``False`` output."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+
+    cells = ["from cotlib import checks\nchecks.cmp('x', 1, 1)",
+             "def stub(p, d):\n    raise NotImplementedError\nchecks.check_weights_gib(stub)",
+             "ok = checks.cmp('y', 1, 2)\nok == False",  # the value still works in code
+             "1 == 1"]  # the control: a plain bool does show
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    outputs = [[(o.output_type, o.get("text") or o.get("data", {}).get("text/plain"))
+                for o in cell.outputs] for cell in nb.cells]
+    assert outputs[0] == [("stream", "✅ x: matches\n")]
+    assert [kind for kind, _ in outputs[1]] == ["stream"] and "not done yet" in outputs[1][0][1]
+    assert outputs[2] == [("stream", "❌ y: got 1, expected 2\n"), ("execute_result", "True")]
+    assert outputs[3] == [("execute_result", "True")]

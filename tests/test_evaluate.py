@@ -109,7 +109,7 @@ def test_overhead_and_by_type_plots(tasks, tmp_path):
 
 
 def test_best_within_budget_and_its_checker(capsys):
-    assert checks.check_best_within_budget(evaluate.best_within_budget) is True
+    assert checks.check_best_within_budget(evaluate.best_within_budget)
 
     def ignores_budget(results, max_seconds):
         return max(results, key=lambda r: r.accuracy).name if results else None
@@ -121,11 +121,11 @@ def test_best_within_budget_and_its_checker(capsys):
     def stub(results, max_seconds):
         raise NotImplementedError
 
-    assert checks.check_best_within_budget(ignores_budget) is False
+    assert not checks.check_best_within_budget(ignores_budget)
     assert "does not fit" in capsys.readouterr().out
-    assert checks.check_best_within_budget(strict) is False
+    assert not checks.check_best_within_budget(strict)
     assert "(<=)" in capsys.readouterr().out
-    assert checks.check_best_within_budget(stub) is False
+    assert not checks.check_best_within_budget(stub)
     assert "not done yet" in capsys.readouterr().out
 
 

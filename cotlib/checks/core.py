@@ -1,5 +1,7 @@
-"""What every checker shares: :class:`Case` tables, :func:`run_cases`, :func:`cmp`, and the
-one-line reports (not done yet, a learner's exception, a miss with its hint).
+"""What every checker shares: :class:`Case` tables, :func:`run_cases`, :func:`cmp`, the
+one-line reports (not done yet, a learner's exception, a miss with its hint), and the
+:class:`Verdict` every checker returns (``True``/``False`` in code, nothing under the cell in
+Jupyter: the checker has already printed its line).
 
 >>> cmp("answer", 3, 3)
 ✅ answer: matches
@@ -8,14 +10,56 @@ True
 
 from __future__ import annotations
 
+import functools
+import inspect
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
+
+_P = ParamSpec("_P")
 
 #: The model families the notebooks teach: the checkers compare against both (the notebooks'
 #: printed results name them), whatever else ``cotlib.families`` registers.
 COURSE_FAMILIES = ("idefics3", "qwen2_vl")
+
+
+class Verdict(int):
+    """A checker's pass/fail: an ``int`` that is 1 or 0 and behaves like ``True``/``False``
+    (truthiness, ``== True``, hashing, ``sum``), reads ``True``/``False`` in a console and in
+    doctests, and shows nothing as a notebook cell's last value, because the checker has already
+    printed its verdict line (``bool`` itself cannot be subclassed).
+
+    >>> Verdict(True), Verdict(0) == False, sum([Verdict(1), Verdict(1)])
+    (True, True, 2)
+    """
+
+    def __new__(cls, ok: object) -> Verdict:
+        return super().__new__(cls, bool(ok))
+
+    def __repr__(self) -> str:
+        return "True" if self else "False"
+
+    __str__ = __repr__
+
+    def _ipython_display_(self) -> None:
+        """Show nothing in IPython/Jupyter: the checker's own line says it all."""
+
+
+def checker(fn: Callable[_P, object]) -> Callable[_P, Verdict]:
+    """Decorate a checker: its result (``True``/``False`` or any truthy/falsy value) comes back
+    as a :class:`Verdict`, so a notebook cell ending in the checker shows only the lines the
+    checker printed. Every checker the notebooks call is decorated with it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> Verdict:
+        return Verdict(fn(*args, **kwargs))
+
+    # help() and inspect.signature() show what the caller gets, not the body's bool
+    wrapper.__annotations__ = {**fn.__annotations__, "return": "Verdict"}
+    wrapper.__signature__ = inspect.signature(fn).replace(  # type: ignore[attr-defined]
+        return_annotation="Verdict")
+    return wrapper
 
 
 @dataclass
@@ -28,6 +72,7 @@ class Case:
     hint: str = ""
 
 
+@checker
 def cmp(name: str, mine: Any, ref: Any) -> bool:
     """Compare a learner's value with the reference and say so in one line (Karpathy's ``cmp``).
 
@@ -58,6 +103,7 @@ def cmp(name: str, mine: Any, ref: Any) -> bool:
     return False
 
 
+@checker
 def run_cases(title: str, fn: Callable, cases: Iterable[Case]) -> bool:
     """Run ``fn`` on each case; print the first failure with its hint, or a pass line.
 
@@ -108,9 +154,9 @@ def call(title: str, case: str, fn: Callable, *args, hint: str = "") -> tuple[bo
 
 
 def miss(title: str, case: str, got: Any, expected: Any, hint: str = "",
-         inputs: str = "") -> bool:
+         inputs: str = "") -> Verdict:
     """Report a case the learner's function got wrong (what came in, out, and was expected, and
-    a hint); returns ``False`` for the checker to return."""
+    a hint); returns a false :class:`Verdict` for the checker to return."""
     print(f"❌ {title}: case '{case}'")
     if inputs:
         print(f"   input:    {inputs}")
@@ -118,5 +164,5 @@ def miss(title: str, case: str, got: Any, expected: Any, hint: str = "",
     print(f"   expected: {expected}")
     if hint:
         print(f"   hint: {hint}")
-    return False
+    return Verdict(False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cotlib.checks.core import Case, run_cases
+from cotlib.checks.core import Case, checker, run_cases
 
 
 def weights_gib_cases() -> list[Case]:
@@ -70,6 +70,7 @@ def weights_gib_hint(got: Any, params_millions: float, dtype: str) -> str:
             f"bytes you use for {dtype}")
 
 
+@checker
 def check_weights_gib(fn: Callable[[float, str], float]) -> bool:
     """Check a learner's ``weights_gib(params_millions, dtype)`` against
     :func:`cotlib.models.weights_gib`; a wrong number gets :func:`weights_gib_hint`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cotlib import stages
-from cotlib.checks.core import Case, call, miss
+from cotlib.checks.core import Case, call, checker, miss
 
 
 def _wf(summary="plan", caption="a red circle", reasoning="one red object", conclusion="1"):
@@ -47,6 +47,7 @@ def split_stages_cases() -> list[Case]:
     ]
 
 
+@checker
 def check_split_stages(fn: Callable[[str], dict]) -> bool:
     """Check a learner's ``split_stages(text)`` against ``stages.parse(text).stages``."""
     title = "split_stages"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cotlib.checks.core import Case, call
+from cotlib.checks.core import Case, call, checker
 
 _MC_QUESTION = ("Which color bar is the tallest?\nOptions: A. red B. blue C. green\n"
                 "Answer with the option's letter.")
@@ -49,6 +49,7 @@ def _diagnose_prompt(got: object, question: str, answer: str) -> str:
     return "compare your text with the expected one character by character"
 
 
+@checker
 def check_conditioned_prompt(fn: Callable[[str, str], str]) -> bool:
     """Check a learner's ``build_conditioned_text(question, answer)`` against
     :func:`cotlib.teacher.request_text`: the local teacher and the filter read the standard

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cotlib import stages
-from cotlib.checks.core import Case, call, miss, run_cases
+from cotlib.checks.core import Case, call, checker, miss, run_cases
 
 _ANSWER_HINTS = {
     "multiple_choice": "for multiple choice an answer may be the option's letter or its text: "
@@ -99,6 +99,7 @@ def answer_check_cases(n_tasks: int = 48, seed: int = 11) -> tuple[tuple, ...]:
     return _ANSWER_CASES[n_tasks, seed]
 
 
+@checker
 def check_answer_check(fn: Callable, n_tasks: int = 48, seed: int = 11) -> bool:
     """Check a learner's ``answer_check(record, task)`` (``"answer:wrong"`` or None) against
     ``filtering.check_answer`` on traces from the local teacher with injected faults, explain the
@@ -168,6 +169,7 @@ def hedging_cases() -> list[Case]:
     ]
 
 
+@checker
 def check_hedging_exercise(fn: Callable) -> bool:
     """Check a learner's hedging check against ``filtering.check_hedging`` (notebook 03)."""
     from cotlib.filtering import check_hedging

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cotlib.checks.core import COURSE_FAMILIES, call, miss
+from cotlib.checks.core import COURSE_FAMILIES, call, checker, miss
 
 
 def _tiny_rows(n: int = 3) -> list[dict]:
@@ -44,6 +44,7 @@ def completion_labels_reference(collator, processor, rows: list[dict]) -> dict:
             "labels": labels, "tokenizer": tok}
 
 
+@checker
 def check_completion_labels(fn: Callable, collator=None, processor=None,
                             rows: list[dict] | None = None) -> bool:
     """Check a learner's ``completion_labels(input_ids, attention_mask, prompt_lengths,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cotlib.checks.core import COURSE_FAMILIES, call, miss
+from cotlib.checks.core import COURSE_FAMILIES, call, checker, miss
 
 
 def tiny_lora_model(family: str = "idefics3", r: int = 4, alpha: int = 8, seed: int = 0):
@@ -36,6 +36,7 @@ def _lora_layers(peft_model) -> list[tuple[str, Any]]:
             if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})]
 
 
+@checker
 def check_lora_forward(fn: Callable, peft_model=None) -> bool:
     """Check a learner's ``lora_forward(x, W, b, A, B, alpha, r)`` against PEFT's LoRA layers on
     the tiny models of both families (random B, so the detour matters; ``b`` may be ``None``):
@@ -96,6 +97,7 @@ def check_lora_forward(fn: Callable, peft_model=None) -> bool:
 
 
 
+@checker
 def check_lora_merge(fn: Callable, peft_model=None) -> bool:
     """Check a learner's ``lora_merge(W, A, B, alpha, r) -> W'`` (the adapter folded into the
     frozen weight) against PEFT's ``W + get_delta_weight()`` on the tiny models' LoRA layers."""

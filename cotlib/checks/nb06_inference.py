@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from cotlib import stages
-from cotlib.checks.core import Case, call, miss, short
+from cotlib.checks.core import Case, call, checker, miss, short
 
 
 def _stage_text(tok, ids: list[int], limit: int = 70) -> str:
@@ -14,6 +14,7 @@ def _stage_text(tok, ids: list[int], limit: int = 70) -> str:
     return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
+@checker
 def check_decode_stage(fn: Callable, model, processor, image, question: str,
                        budgets: Iterable[int | None] = (None, 3)) -> bool:
     """Check a learner's greedy ``decode_one_stage(state, max_new_tokens) -> (token_ids,
@@ -113,6 +114,7 @@ def knockout_cases() -> list[Case]:
     ]
 
 
+@checker
 def check_knockout(fn: Callable) -> bool:
     """Check a learner's ``knockout(scores, closed) -> (winner, [(round, a, b, winner), …])``
     against :func:`cotlib.search.knockout` on fixed scores."""

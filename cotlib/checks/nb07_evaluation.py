@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cotlib.checks.core import Case, run_cases
+from cotlib.checks.core import Case, checker, run_cases
 
 
 def _budget_result(name: str, accuracy: float, seconds: float):
@@ -41,6 +41,7 @@ def budget_cases() -> list[Case]:
     ]
 
 
+@checker
 def check_best_within_budget(fn: Callable) -> bool:
     """Check a learner's ``best_within_budget(results, max_seconds)`` against
     :func:`cotlib.evaluate.best_within_budget`."""

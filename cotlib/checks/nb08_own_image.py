@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from cotlib.checks.core import Case, run_cases
+from cotlib.checks.core import Case, checker, run_cases
 
 
 def first_upload_cases() -> list[Case]:
@@ -25,6 +25,7 @@ def first_upload_cases() -> list[Case]:
     ]
 
 
+@checker
 def check_first_upload(fn: Callable[[Sequence[Mapping]], tuple[str, bytes] | None]) -> bool:
     """Check a learner's ``first_upload(value)`` against :func:`cotlib.widgets.first_upload`.
     The content must come back as ``bytes`` (a ``memoryview`` compares equal but breaks later,
