@@ -9,30 +9,94 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from cotlib import env, families
+from cotlib import env, families, options
+
+if TYPE_CHECKING:
+    from cotlib.experiment.config import ExperimentConfig
+
+
+def demo_options() -> tuple[options.Option, ...]:
+    """``cotlib demo``'s options that set a field of
+    :class:`~cotlib.experiment.ExperimentConfig` (dotted: of its training recipe):
+    (flag, field, help). Each parses to None unless given, so the chosen settings (the demo's,
+    ``--fast``'s, ``--full``'s) keep their value; ``--help`` shows the demo's.
+
+    >>> [o[:2] for o in demo_options()[:3]]
+    [('--base', 'base'), ('--tasks', 'test_tasks'), ('--beam-tasks', 'beam_tasks')]
+    """
+    from cotlib.experiment.config import ExperimentConfig
+
+    d = ExperimentConfig()
+    return (
+        ("--base", "base", "base model folder (default: data/base, the shipped base); "
+         + " / ".join(f"tiny-{f}" for f in families.names()) + " build a random tiny model"),
+        ("--tasks", "test_tasks", f"test tasks to answer (default: all of data/tasks/"
+                                  f"{d.test_split})"),
+        ("--beam-tasks", "beam_tasks", "test tasks for the search rows: beam, best-of-N, SWIRES "
+                                       f"(default: the first {d.beam_tasks}; --full: all)"),
+        ("--extra-tasks", "extra_train_tasks",
+         "synthetic training tasks generated beyond the shipped 240"),
+        ("--epochs", "train.epochs", "LoRA epochs (both adapters)"),
+        ("--learning-rate", "train.learning_rate", "peak LoRA learning rate of the CoT adapter"),
+        ("--direct-learning-rate", "direct_learning_rate",
+         "the direct-answer adapter's (None: --learning-rate)"),
+        ("--shipped-train-tasks", "shipped_train_tasks",
+         "shipped training tasks used (None: all 240 of data/tasks/train)"),
+        ("--test-split", "test_split", "the shipped split the systems are scored on: heldout "
+                                       "(330 tasks) or test (120, the notebooks' fast split)"),
+        ("--controls", "controls", "score the base also with shuffled and blank images and "
+                                   "against the majority answer"),
+        ("--beam-n", "beam_n", "candidates per stage in the beam search"),
+        ("--best-of-n", "best_of_n", "whole answers sampled for the best-of-N row (0: no row)"),
+        ("--swires", "swires", "the SWIRES row (stage-wise retracing search)"),
+        ("--untagged", "untagged", "also CoT SFT without stage tags (a third LoRA run; on with "
+                                   "--full)"),
+        ("--fault-rate", "fault_rate", "share of traces the local teacher breaks, per fault kind"),
+        ("--max-new-tokens", "max_new_tokens", "token budget of a CoT answer"),
+        ("--direct-max-new-tokens", "direct_max_new_tokens", "token budget of a direct answer"),
+        ("--answer-batch", "answer_batch", "test tasks decoded per batch (1: the latency one "
+                                           "user waits)"),
+        ("--threads", "threads", "torch threads (None: the machine's cores, at most 4)"),
+        ("--side-by-side", "side_by_side", "train the two adapters at the same time, the direct "
+                                           "one in a second process (None: on a CPU with two or "
+                                           "more cores)"),
+        ("--seed", "seed", "seed of the teacher's faults, the LoRA runs and the controls"),
+    )
+
+
+def demo_config(args: argparse.Namespace | None = None, *, fast: bool = False,
+                full: bool = False) -> ExperimentConfig:
+    """The :class:`~cotlib.experiment.ExperimentConfig` that ``cotlib demo`` runs: the demo's
+    settings, or ``fast``'s or ``full``'s, with the options given in ``args``
+    (:func:`demo_options`; a tiny model's name stays a name).
+
+    >>> demo_config(build_parser().parse_args(["demo", "--tasks", "4", "--epochs", "2"]),
+    ...             fast=True).train.epochs
+    2.0
+    """
+    from cotlib.experiment.config import ExperimentConfig
+
+    config = (ExperimentConfig.fast() if fast else ExperimentConfig.full() if full
+              else ExperimentConfig())
+    return config if args is None else options.from_args(args, config, demo_options())
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cotlib.experiment.config import ExperimentConfig
+
     parser = argparse.ArgumentParser(prog="cotlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
         "demo", help="the whole offline pipeline: tasks -> teacher -> filter -> dataset -> LoRA "
-        "SFT -> staged inference -> evaluation -> runs/<run>/report.md")
+        "SFT -> staged inference -> evaluation -> runs/<run>/report.md",
+        description="The miniature LLaVA-CoT experiment. Each option sets a field of "
+        "cotlib.experiment.ExperimentConfig; one not given keeps the chosen settings' value "
+        "(the demo's, --fast's or --full's), and the defaults shown are the demo's.")
     demo.add_argument("--run", default="demo", help="run folder name under runs/ (default: demo)")
-    demo.add_argument("--base", default=None,
-                      help="base model folder (default: data/base, the shipped base); "
-                           + " / ".join(f"tiny-{f}" for f in families.names())
-                           + " build a random tiny model")
-    demo.add_argument("--tasks", type=int, default=None,
-                      help="test tasks to answer (default: all 330 of data/tasks/heldout)")
-    demo.add_argument("--beam-tasks", type=int, default=None,
-                      help="test tasks for the search rows: beam, best-of-N, SWIRES (default: "
-                           "the first 24; --full: all)")
-    demo.add_argument("--extra-tasks", type=int, default=None,
-                      help="synthetic training tasks generated beyond the shipped 240")
-    demo.add_argument("--epochs", type=float, default=None, help="LoRA epochs (both adapters)")
+    options.add_options(demo, ExperimentConfig(), demo_options(), unset=True)
     demo.add_argument("--fast", action="store_true",
                       help="seconds-scale settings (also with COTLIB_FAST=1)")
     demo.add_argument("--full", action="store_true",
@@ -69,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return teacher_server.main(argv[2:]) or 0
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        return demo(args.run, base=args.base, n_tasks=args.tasks, beam_tasks=args.beam_tasks,
-                    extra_tasks=args.extra_tasks, epochs=args.epochs,
-                    fast=args.fast or env.is_fast(), full=args.full)
+        return demo(args.run, fast=args.fast or env.is_fast(), full=args.full, args=args)
     if args.command == "doctor":
         print(env.report())
         print(offline_check())
@@ -123,12 +185,12 @@ def offline_check() -> str:
     return "\n".join(lines)
 
 
-def demo(run: str = "demo", *, base: str | None = None, n_tasks: int | None = None,
-         beam_tasks: int | None = None, extra_tasks: int | None = None,
-         epochs: float | None = None, fast: bool = False, full: bool = False) -> int:
+def demo(run: str = "demo", *, fast: bool = False, full: bool = False,
+         args: argparse.Namespace | None = None) -> int:
     """The whole offline pipeline on the embedded defaults (:mod:`cotlib.experiment`): writes
     ``runs/<run>/report.md`` with the systems' table and figures. ``full``: every row
-    (:meth:`cotlib.experiment.ExperimentConfig.full`). Returns the exit code."""
+    (:meth:`cotlib.experiment.ExperimentConfig.full`); ``args``: ``cotlib demo``'s options
+    (:func:`demo_config`). Returns the exit code."""
     from dataclasses import replace
 
     from transformers.utils import logging as hf_logging
@@ -139,13 +201,7 @@ def demo(run: str = "demo", *, base: str | None = None, n_tasks: int | None = No
         print("error: --fast and --full exclude each other (fast mode: seconds-scale settings; "
               "--full: every row at the demo's scale); pick one", file=sys.stderr)
         return 1
-    config = (experiment.ExperimentConfig.fast() if fast else experiment.ExperimentConfig.full()
-              if full else experiment.ExperimentConfig())
-    overrides = {"base": base, "test_tasks": n_tasks, "beam_tasks": beam_tasks,
-                 "extra_train_tasks": extra_tasks}
-    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    if epochs is not None:  # the training recipe's (ExperimentConfig.train)
-        config = replace(config, train=replace(config.train, epochs=epochs))
+    config = demo_config(args, fast=fast, full=full)
     if config.base is not None and config.base.startswith("tiny-"):
         from cotlib import models
 

@@ -32,12 +32,14 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from cotlib import env, evaluate, models, synth
+from cotlib import env, evaluate, models, options, synth
 
 CAPTION_QUESTION = "Describe the image."
 #: Caption targets for CAPTION_QUESTION (``--caption-format``).
@@ -507,45 +509,76 @@ def write_base_card(folder: Path, note: str = "") -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class PretrainSettings:
+    """The run's settings, one option each (``--caption-every`` sets ``caption_every``; help in
+    :data:`HELP`); ``training_log.json`` records them as run (``--short`` applied) under
+    ``args``, in this order, and the model card's recipe line is built from them."""
+
+    out: str = str(env.BASE_DIR)
+    steps: int = 4500
+    short: bool = False
+    batch: int = 48
+    lr: float = 2e-3
+    warmup: int = 200
+    patch: Literal[32, 64] = 64
+    caption_every: int = 6
+    caption_format: str = "describe"
+    text_every: int = 0
+    caption_first: int = 0
+    tiled: bool = False
+    threads: int = 1
+    eval_every: int = 500
+    heldout: int = 330
+    seed: int = 0
+    card: bool = False
+    score: bool = False
+    note: str = ""
+    max_minutes: float = 0.0
+
+
+HELP = {
+    "out": "folder of the model, its logs and card",
+    "steps": "optimizer steps",
+    "short": "200 steps of 16 samples (~1.5 min, 1 thread): the learning curve",
+    "batch": "samples per step",
+    "lr": "peak learning rate (AdamW, cosine to 5%%)",
+    "warmup": "linear warm-up steps",
+    "patch": "vision patch in pixels: 64 (one grid cell) or 32 (merged 2x2, SmolVLM's layout)",
+    "caption_every": "0: no captions",
+    "caption_format": "describe: synth.describe (object by object); listing: synth.listing (cell "
+                      "by cell, the place before the content)",
+    "text_every": "of the other batches, every k-th is text-only reasoning: the scene written out "
+                  "+ the question -> the solver's steps and the answer (no image, no stage "
+                  "tags); 0: none",
+    "caption_first": "the first N steps are all captions: learning to read the cells before "
+                     "anything else (mixed from the start, a tiled base's captions stayed at 5%% "
+                     "of items right after 1,000 steps; captions alone got going within 300)",
+    "tiled": "split each scene into its nine cells (<row_r_col_c> tiles, SmolVLM's image "
+             "splitting) plus a global view: see build()",
+    "threads": "torch threads",
+    "eval_every": "score the held-out tasks every N steps",
+    "heldout": "held-out generated tasks scored during and after training",
+    "seed": "seed of the initial weights and of the order within each batch",
+    "card": "only (re)write --out's model card from its logs",
+    "score": "only score --out's model for seeing (controls, captions on held-out scenes: "
+             "scores.json) and rewrite its card",
+    "note": "a line for the model card (e.g. machine load)",
+    "max_minutes": "safety stop: end early (logged as truncated) after this long; 0 = off",
+}
+OPTIONS = options.field_options(PretrainSettings, HELP,
+                                more={"caption_format": {"choices": tuple(CAPTIONS)}})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options, one per :class:`PretrainSettings` field, defaults in ``--help``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(env.BASE_DIR))
-    ap.add_argument("--steps", type=int, default=4500)
-    ap.add_argument("--short", action="store_true",
-                    help="200 steps of 16 samples (~1.5 min, 1 thread): the learning curve")
-    ap.add_argument("--batch", type=int, default=48)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--patch", type=int, default=64, choices=(32, 64))
-    ap.add_argument("--caption-every", type=int, default=6, help="0: no captions")
-    ap.add_argument("--caption-format", default="describe", choices=tuple(CAPTIONS),
-                    help="describe: synth.describe (object by object); listing: synth.listing "
-                         "(cell by cell, the place before the content)")
-    ap.add_argument("--text-every", type=int, default=0,
-                    help="of the other batches, every k-th is text-only reasoning: the scene "
-                         "written out + the question -> the solver's steps and the answer (no "
-                         "image, no stage tags); 0: none")
-    ap.add_argument("--caption-first", type=int, default=0,
-                    help="the first N steps are all captions: learning to read the cells before "
-                         "anything else (mixed from the start, a tiled base's captions stayed at "
-                         "5%% of items right after 1,000 steps; captions alone got going within "
-                         "300)")
-    ap.add_argument("--tiled", action="store_true",
-                    help="split each scene into its nine cells (<row_r_col_c> tiles, SmolVLM's "
-                         "image splitting) plus a global view: see build()")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--eval-every", type=int, default=500)
-    ap.add_argument("--heldout", type=int, default=330)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--card", action="store_true",
-                    help="only (re)write --out's model card from its logs")
-    ap.add_argument("--score", action="store_true",
-                    help="only score --out's model for seeing (controls, captions on held-out "
-                         "scenes: scores.json) and rewrite its card")
-    ap.add_argument("--note", default="", help="a line for the model card (e.g. machine load)")
-    ap.add_argument("--max-minutes", type=float, default=0.0,
-                    help="safety stop: end early (logged as truncated) after this long; 0 = off")
-    args = ap.parse_args(argv)
+    options.add_options(ap, PretrainSettings, OPTIONS, show_defaults=True)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = options.from_args(build_parser().parse_args(argv), PretrainSettings, OPTIONS)
     if args.card or args.score:
         if args.score:
             score_seeing(Path(args.out))

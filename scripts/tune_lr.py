@@ -19,10 +19,11 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
-from cotlib import data, env, evaluate, experiment, synth, train
+from cotlib import data, env, evaluate, experiment, options, synth, train
 
 
 def prepare(run: Path, config: experiment.ExperimentConfig) -> dict:
@@ -35,17 +36,40 @@ def prepare(run: Path, config: experiment.ExperimentConfig) -> dict:
     return experiment.filter_and_build(records, tasks, run)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class TuneSettings:
+    """The script's settings, one option each (help in :data:`HELP`)."""
+
+    variant: Literal["cot", "direct"]
+    grid: list[float]
+    run: str = "runs/tune"
+    base: str | None = None
+    threads: int = 1
+    fast: bool = False
+    lora_only: bool = False
+
+
+HELP = {
+    "variant": "the adapter to tune: CoT SFT or direct SFT",
+    "grid": "learning rates to try",
+    "run": "run folder: tasks, traces and datasets (made once, reused), adapters, tuning.json",
+    "base": "base model folder (default: data/base)",
+    "threads": "torch threads",
+    "fast": "seconds-scale settings (a smoke test)",
+    "lora_only": "train LoRA alone (no modules_to_save such as lm_head in full)",
+}
+OPTIONS = options.field_options(TuneSettings, HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options, one per :class:`TuneSettings` field, defaults in ``--help``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variant", choices=("cot", "direct"), required=True)
-    ap.add_argument("--grid", type=float, nargs="+", required=True)
-    ap.add_argument("--run", default="runs/tune")
-    ap.add_argument("--base", default=None, help="base model folder (default: data/base)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--fast", action="store_true", help="seconds-scale settings (a smoke test)")
-    ap.add_argument("--lora-only", action="store_true",
-                    help="train LoRA alone (no modules_to_save such as lm_head in full)")
-    args = ap.parse_args(argv)
+    options.add_options(ap, TuneSettings, OPTIONS, show_defaults=True)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = options.from_args(build_parser().parse_args(argv), TuneSettings, OPTIONS)
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     settings = experiment.ExperimentConfig.fast if args.fast else experiment.ExperimentConfig

@@ -6,11 +6,10 @@ import argparse
 import json
 import logging
 import sys
-import typing
 from dataclasses import asdict
 from typing import Any
 
-from cotlib import synth
+from cotlib import options, synth
 from cotlib.teacher.client import TeacherConfig, TeacherError, redact
 from cotlib.teacher.prompt import MODES
 from cotlib.teacher.run import run_generation
@@ -20,7 +19,8 @@ from cotlib.teacher.run import run_generation
 
 
 #: The ``cotlib generate`` options that set a :class:`TeacherConfig` field: (flag, field, help).
-#: Each one's type and default are the field's, declared once in :class:`TeacherConfig`.
+#: Each one's type and default are the field's, declared once in :class:`TeacherConfig`
+#: (:mod:`cotlib.options` builds the options).
 CONFIG_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--base-url", "base_url", "OpenAI-compatible server (None: OpenAI)"),
     ("--model", "model", "the teacher model"),
@@ -39,10 +39,13 @@ CONFIG_OPTIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _field_type(hint: Any) -> Any:
-    """``int`` for ``int | None``: the type argparse converts the option's text with."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+#: argparse arguments of :data:`CONFIG_OPTIONS` beyond the ones their fields' types give.
+_MORE: dict[str, dict[str, Any]] = {"mode": {"choices": MODES}, "api_key_env": {"metavar": "NAME"}}
+
+
+def _options() -> list[options.Option]:
+    """:data:`CONFIG_OPTIONS` as :mod:`cotlib.options` takes them (dests from the flags)."""
+    return [(flag, name, text, _MORE.get(name, {})) for flag, name, text in CONFIG_OPTIONS]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,15 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", required=True, help="task folder, e.g. data/tasks/train")
     p.add_argument("--out", required=True, help="results JSONL, e.g. runs/x/traces.jsonl")
-    defaults, hints = TeacherConfig(), typing.get_type_hints(TeacherConfig)
-    for flag, name, text in CONFIG_OPTIONS:
-        default, kind = getattr(defaults, name), _field_type(hints[name])
-        if kind is bool:
-            p.add_argument(flag, action="store_true", help=text)
-        else:
-            p.add_argument(flag, type=kind, default=default, help=text,
-                           choices=MODES if name == "mode" else None,
-                           metavar="NAME" if name == "api_key_env" else None)
+    options.add_options(p, TeacherConfig(), _options())
     p.add_argument("--limit", type=int, default=None, help="only the first N tasks")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -80,8 +75,7 @@ def config_from_args(args: argparse.Namespace) -> TeacherConfig:
     ...     ["--split", "s", "--out", "o", "--timeout", "5", "--prompt-key"])).timeout_s
     5.0
     """
-    return TeacherConfig(**{name: getattr(args, flag[2:].replace("-", "_"))
-                            for flag, name, _ in CONFIG_OPTIONS})
+    return options.from_args(args, TeacherConfig(), _options())
 
 
 def generate_main(argv: list[str] | None = None) -> int:

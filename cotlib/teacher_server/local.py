@@ -15,9 +15,9 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import fields
 from typing import Any
 
+from cotlib import options
 from cotlib.teacher_server.app import create_app
 from cotlib.teacher_server.settings import KEEP_ALIVE_S, MODEL_ID, Faults
 
@@ -171,8 +171,9 @@ _FAULT_HELP = {
 }
 
 
-def _fault_flag(name: str) -> str:
-    return _FAULT_FLAGS.get(name, "--" + name.replace("_", "-"))
+#: ``cotlib teacher serve``'s options that set a :class:`Faults` field, one per field (its type
+#: and default are the field's): (flag, field, help).
+FAULT_OPTIONS = options.field_options(Faults, _FAULT_HELP, _FAULT_FLAGS)
 
 
 def fault_args(faults: Faults) -> list[str]:
@@ -181,7 +182,7 @@ def fault_args(faults: Faults) -> list[str]:
     >>> fault_args(Faults(rate_429=0.2))[4:6]
     ['--rate-429', '0.2']
     """
-    return [a for f in fields(Faults) for a in (_fault_flag(f.name), repr(getattr(faults, f.name)))]
+    return [a for flag, name, *_ in FAULT_OPTIONS for a in (flag, repr(getattr(faults, name)))]
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -245,18 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     p.add_argument("--seed", type=int, default=0, help="wording seed")
-    defaults = Faults()
-    for f in fields(Faults):
-        default = getattr(defaults, f.name)
-        p.add_argument(_fault_flag(f.name), type=type(default), default=default,
-                       help=_FAULT_HELP[f.name])
+    options.add_options(p, Faults(), FAULT_OPTIONS)
     return p
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults:
     """The :class:`Faults` that :func:`build_parser`'s fault options describe."""
-    return Faults(**{f.name: getattr(args, _fault_flag(f.name)[2:].replace("-", "_"))
-                     for f in fields(Faults)})
+    return options.from_args(args, Faults(), FAULT_OPTIONS)
 
 
 def main(argv: list[str] | None = None) -> int:

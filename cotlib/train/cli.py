@@ -1,16 +1,16 @@
 """The command line, ``python -m cotlib.train`` (also the entry point for ``accelerate launch -m
 cotlib.train``). Its training options are built from :class:`TrainSettings`' fields
-(:data:`SETTINGS_OPTIONS`): each one's type and default are the field's, declared once."""
+(:data:`SETTINGS_OPTIONS`, through :mod:`cotlib.options`): each one's type and default are the
+field's, declared once."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import typing
 from dataclasses import replace
 from typing import Any
 
-from cotlib import models
+from cotlib import models, options
 from cotlib.train.dataset import load_dataset_any, synthetic_traces
 from cotlib.train.memory import BYTES, HARDWARE_PRESETS
 from cotlib.train.run import train
@@ -36,7 +36,7 @@ SETTINGS_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("--longest-edge", "longest_edge", "image resize edge in pixels (None: the preset's)", {}),
     ("--image-splitting", "do_image_splitting", "image tiling (None: the preset's)", {}),
     ("--gradient-checkpointing", "gradient_checkpointing",
-     "auto: on when the memory estimate needs it", {"metavar": "{auto,on,off}"}),
+     "auto: on when the memory estimate needs it", {}),
     ("--qlora", "qlora", "4-bit base weights, CUDA only (None: the preset's)", {}),
     ("--dtype", "dtype", "None: by hardware (bf16 Ampere+, fp16 T4, fp32 CPU)",
      {"choices": sorted(BYTES)}),
@@ -61,27 +61,11 @@ SETTINGS_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
      "torch's)", {}),
 )
 
-_SWITCH = {"on": True, "off": False, "auto": "auto"}
-
-
-def _switch(text: str) -> bool | str:
-    """``on``/``off`` (and ``auto``) as the setting's value."""
-    if text not in _SWITCH:
-        raise argparse.ArgumentTypeError(f"{text!r}: use on or off (or auto where it is offered)")
-    return _SWITCH[text]
-
-
-def _argument(hint: Any, default: Any) -> dict[str, Any]:
-    """The argparse arguments a field's type gives: a flag for ``bool``, ``on``/``off`` for
-    ``bool | None`` (the bare flag: on), one or more values for a list, else the type itself."""
-    kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    if hint is bool:
-        return {"action": "store_true"}
-    if bool in kinds:  # bool | None, bool | str
-        return {"type": _switch, "nargs": "?", "const": True, "metavar": "{on,off}"}
-    if typing.get_origin(kinds[0]) is list:
-        return {"type": typing.get_args(kinds[0])[0], "nargs": "+"}
-    return {"type": kinds[0]}
+def _options() -> list[options.Option]:
+    """:data:`SETTINGS_OPTIONS` as :mod:`cotlib.options` takes them: each one's dest is the
+    field's name."""
+    return [(flag, name, text, {"dest": name} | more)
+            for flag, name, text, more in SETTINGS_OPTIONS]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,11 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True,
                    help="save_to_disk folder, or 'synthetic' (traces rendered from the shipped "
                         "train split)")
-    defaults, hints = TrainSettings(), typing.get_type_hints(TrainSettings)
-    for flag, name, text, more in SETTINGS_OPTIONS:
-        default = getattr(defaults, name)
-        p.add_argument(flag, dest=name, default=default, help=text,
-                       **(_argument(hints[name], default) | more))
+    options.add_options(p, TrainSettings(), _options())
     p.add_argument("--rows", type=int, help="use only the first N rows")
     return p
 
@@ -116,7 +96,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     ...     ["--dataset", "d", "--image-splitting", "off"])).do_image_splitting
     False
     """
-    return TrainSettings(**{name: getattr(args, name) for _, name, _, _ in SETTINGS_OPTIONS})
+    return options.from_args(args, TrainSettings(), _options())
 
 
 def main(argv: list[str] | None = None) -> int:
