@@ -115,24 +115,34 @@ def test_generate_ids_batched_rows_equal_decoding_alone(memorised, tasks):
         models.chat_prompt(processor, questions[0])], max_new_tokens=80)[0]).ok
 
 
-def test_generate_ids_greedy_is_model_generate_and_equals_the_cache_loop(tiny, tasks):
-    """Greedy ``generate_ids`` (``model.generate``) gives each row of an uneven batch the tokens
-    of the staged decoder's cache loop it replaced; with ``sampling`` it draws on that loop,
-    seeded."""
-    from cotlib.infer.generate import _decode_on_cache
+def test_generate_ids_rows_match_one_pass_and_sampling_is_seeded(tiny, tasks):
+    """Greedy ``generate_ids`` gives each row of an uneven batch the tokens it gets decoded
+    alone (``generate_one_pass``, cut at the end-of-answer token); sampled rows are the same for
+    the same seed, differ across seeds, and leave the caller's random state alone."""
+    import torch
 
     _, model, processor = tiny
     images = [tasks[0].get_image(), tasks[1].get_image()]
-    prompts = [models.chat_prompt(processor, tasks[0].prompt_question()),
-               models.chat_prompt(processor, tasks[1].prompt_question() + " Think hard.")]
+    questions = [tasks[0].prompt_question(), tasks[1].prompt_question() + " Think hard."]
+    prompts = [models.chat_prompt(processor, q) for q in questions]
     rows = infer.generate_ids(model, processor, images, prompts, max_new_tokens=6)
-    assert rows == _decode_on_cache(model, processor, images, prompts, max_new_tokens=6)
+    eos = infer._eos_ids(model, processor)
+    for row, image, question in zip(rows, images, questions):
+        alone, _ = infer.generate_one_pass(model, processor, image, question, max_new_tokens=6)
+        cut = next((i for i, t in enumerate(alone) if t in eos), len(alone))
+        assert row == alone[:cut]
     assert all(0 < len(r) <= 6 for r in rows)
-    drawn = [infer.generate_ids(model, processor, images, prompts, max_new_tokens=6,
-                                sampling=infer.Sampling(1.0, 1.0, seed=3)) for _ in range(2)]
-    assert drawn[0] == drawn[1] == _decode_on_cache(
-        model, processor, images, prompts, max_new_tokens=6,
-        sampling=infer.Sampling(1.0, 1.0, seed=3))
+
+    def draw(seed):
+        return infer.generate_ids(model, processor, images * 4, prompts * 4, max_new_tokens=6,
+                                  sampling=infer.Sampling(1.0, 1.0, seed=seed))
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first = draw(3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's stream untouched
+    assert first == draw(3)
+    assert first != draw(4)
 
 
 def test_memorised_model_continue_from(memorised):

@@ -1,7 +1,7 @@
-"""Free text (:func:`generate_ids`, :func:`generate_text`: ``model.generate`` when greedy; the
-judge in :mod:`cotlib.search`, the free answers in :mod:`cotlib.experiment`), the one-pass reference
-(:func:`generate_one_pass`: ``model.generate``), and :func:`memorise`, which overfits a tiny model
-on one answer for demos and tests."""
+"""Free text (:func:`generate_ids`, :func:`generate_text`: ``model.generate``, greedy or
+sampled; the judge in :mod:`cotlib.search`, the free answers in :mod:`cotlib.experiment`), the
+one-pass reference (:func:`generate_one_pass`: ``model.generate``), and :func:`memorise`, which
+overfits a tiny model on one answer for demos and tests."""
 
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ from cotlib.infer.plumbing import (
     rope_owner,
     tokenizer_of,
 )
-from cotlib.infer.sampling import Sampling, choose_next
-from cotlib.infer.staged import start
-from cotlib.infer.state import feed_chunks
+from cotlib.infer.sampling import Sampling
 
 
 def generate_ids(
@@ -34,22 +32,19 @@ def generate_ids(
     max_new_tokens: int = 64,
     sampling: Sampling | None = None,
 ) -> list[list[int]]:
-    """The new token ids for ready-made chat prompts (one image each), decoded as one batch;
-    each row stops at its end-of-answer token (not included) and carries no padding.
+    """The new token ids for ready-made chat prompts (one image each), decoded as one batch by
+    transformers' ``model.generate`` on the left-padded batch; each row is cut at its first
+    end-of-answer token (not included) and carries no padding.
 
-    Greedy (``sampling`` None) is transformers' ``model.generate(do_sample=False)`` on the
-    left-padded batch, each row cut at its first end-of-answer token. It replaced a hand-written
-    batched loop on the staged decoder's shared cache after both gave the same texts and token
-    counts on every row of the experiment's free generation (``benchmarks/compare_generate.py``:
-    data/tasks/heldout's 330 tasks, batch 40, CPU, 1 thread: the same text and token count on
-    330 of 330 rows with the demo run's merged CoT adapter at 320 new tokens (51,226 tokens),
-    its direct adapter and the bare base at 8; 330 tokens each, one per answer). Speed: 65 s
-    against the loop's 51 s for those CoT answers on a shared machine, while
-    ``bench_generate.py`` measured the loop at 0.91x to 1.15x ``model.generate``'s tokens/s:
-    within the noise of a shared machine. With
-    ``sampling`` the rows are drawn on the :class:`~cotlib.infer.state.DecodeState` cache by
-    :func:`~cotlib.infer.sampling.choose_next` (seeded by ``sampling.seed``), as stage-by-stage
-    decoding draws them.
+    Greedy when ``sampling`` is None; else a temperature / top-p sample (``top_k`` off), drawn
+    from torch's random generator re-seeded with ``sampling.seed`` inside
+    ``torch.random.fork_rng`` (so a seed gives the same rows, and the caller's random state is
+    left alone). This replaced a hand-written batched loop on the staged decoder's cache: on the
+    experiment's free generation (data/tasks/heldout's 330 tasks, batch 40, CPU, 1 thread) both
+    gave the same text and token count on 330 of 330 rows for the demo run's merged CoT adapter at
+    320 new tokens (51,226 tokens), its direct adapter and the bare base, and the loop's tokens/s
+    was 0.91x to 1.15x ``model.generate``'s on a shared machine: no measured reason to keep it
+    (``benchmarks/README.md``).
 
     >>> model, processor = models.load(models.tiny("idefics3"))
     >>> from PIL import Image
@@ -59,20 +54,27 @@ def generate_ids(
     >>> len(ids), ids[0] == ids[1]
     (2, True)
     """
-    if sampling is not None:
-        return _decode_on_cache(model, processor, images, prompts,
-                                max_new_tokens=max_new_tokens, sampling=sampling)
+    import contextlib
+
     import torch
     from transformers import GenerationConfig
 
     eos = eos_ids(model, processor)
-    batch = models.encode(processor, list(images), list(prompts), device=device_of(model))
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
-                              eos_token_id=sorted(eos), pad_token_id=pad_id(processor))
+    device = device_of(model)
+    batch = models.encode(processor, list(images), list(prompts), device=device)
+    drawn = dict(do_sample=False) if sampling is None else dict(
+        do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=sorted(eos),
+                              pad_token_id=pad_id(processor), **drawn)
+    seeded = sampling is not None and sampling.seed is not None
+    rng = (torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+           if seeded else contextlib.nullcontext())
     owner = rope_owner(model)
     saved = owner.rope_deltas if owner is not None else None
     try:
-        with torch.inference_mode():
+        with rng, torch.inference_mode():
+            if seeded:
+                torch.manual_seed(sampling.seed)
             out = model.generate(**batch, generation_config=config)
     finally:
         if owner is not None:
@@ -82,47 +84,6 @@ def generate_ids(
         cut = next((i for i, t in enumerate(ids) if t in eos), len(ids))
         rows.append(ids[:cut])
     return rows
-
-
-def _decode_on_cache(
-    model,
-    processor,
-    images: Sequence[Any],
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 64,
-    sampling: Sampling | None = None,
-) -> list[list[int]]:
-    """:func:`generate_ids` token by token on the staged decoder's shared cache (prefill and
-    feed of :class:`~cotlib.infer.state.DecodeState`): greedy unless ``sampling`` is given; row
-    ``i`` gets the tokens it would get decoded alone. The sampled path of :func:`generate_ids`,
-    and the greedy reference ``benchmarks/compare_generate.py`` compares ``model.generate`` with.
-    """
-    import torch
-
-    state = start(model, processor, images, list(prompts), prompts=prompts)
-    eos, n = eos_ids(model, processor), state.size
-    generator = None
-    if sampling is not None and sampling.seed is not None:
-        generator = torch.Generator(device=device_of(model)).manual_seed(sampling.seed)
-    out: list[list[int]] = [[] for _ in range(n)]
-    done = [False] * n
-    with torch.inference_mode():
-        for _ in range(max_new_tokens):
-            ids, _ = choose_next(state.logits, sampling, generator)
-            feed: list[list[int]] = [[] for _ in range(n)]
-            for i in range(n):
-                if done[i]:
-                    continue
-                if ids[i] in eos:
-                    done[i] = True
-                else:
-                    out[i].append(ids[i])
-                    feed[i] = [ids[i]]
-            if all(done):
-                break
-            feed_chunks(state, feed)
-    return out
 
 
 def generate_text(
