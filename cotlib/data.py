@@ -4,7 +4,7 @@ One row per kept trace::
 
     prompt     = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": Q}]}]
     completion = [{"role": "assistant", "content": [{"type": "text", "text": "<SUMMARY> …"}]}]
-    images     = [PIL image]                     (a datasets Image feature, stored as PNG bytes)
+    images     = [image]     (a datasets Image feature: the bytes stored once, PIL when read)
     task_id, task_type, answer, choices, answer_letter   (kept for evaluation; TRL ignores them)
 
 This is the shape TRL 1.16's ``SFTTrainer`` recognises as a vision prompt/completion dataset: an
@@ -113,6 +113,19 @@ def completion_messages(text: str) -> list[dict]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
+def _trace_stages(text: str) -> dict[str, str]:
+    """The four stage texts of a well-formed trace (the trace type's parse, cached by text: the
+    filter has parsed it already), else :class:`DatasetError`."""
+    from cotlib.teacher.store import parse_text
+
+    parsed = parse_text(text)
+    if not parsed.ok:
+        problems = "; ".join(str(p) for p in parsed.problems[:3])
+        raise DatasetError(f"a trace to train on must be well formed: {problems}. Filter the "
+                           "traces first (cotlib.filtering.filter_traces) and pass the verdicts.")
+    return parsed.stages
+
+
 def cot_completion(text: str) -> str:
     """The trace re-rendered canonically (``stages.render``: one space inside each tag, a blank
     line between stages), so every training target has exactly the same layout.
@@ -121,12 +134,7 @@ def cot_completion(text: str) -> str:
     ...                "<CONCLUSION>4</CONCLUSION>").splitlines()[0]
     '<SUMMARY> s </SUMMARY>'
     """
-    parsed = stages.parse(text)
-    if not parsed.ok:
-        problems = "; ".join(str(p) for p in parsed.problems[:3])
-        raise DatasetError(f"a trace to train on must be well formed: {problems}. Filter the "
-                           "traces first (cotlib.filtering.filter_traces) and pass the verdicts.")
-    return stages.render_dict(parsed.stages)
+    return stages.render_dict(_trace_stages(text))
 
 
 def direct_answer(task: Any, text: str | None = None) -> str:
@@ -148,47 +156,75 @@ def direct_answer(task: Any, text: str | None = None) -> str:
     return conclusion
 
 
-def _image_value(task: Any) -> dict:
-    """Image bytes for the datasets Image feature, stored inside the dataset so rows stay valid
-    when the source files move. An imported RGB JPEG or PNG keeps its original bytes (no
-    re-encoding); anything else is stored as the PNG of ``task.get_image()``."""
+def completion_text(task: Any, text: str, variant: str = "cot") -> str:
+    """The training target of ``task``'s trace ``text``: ``variant="cot"``, the canonical
+    four-stage text (:func:`cot_completion`); ``"direct"``, the answer alone
+    (:func:`direct_answer`); ``"untagged"``, the same four texts without their tags
+    (:func:`cotlib.stages.untag`, the paper's "w/o structured tags" ablation).
+
+    >>> from cotlib import synth
+    >>> t = synth.make_task(0, "count_color")
+    >>> completion_text(t, stages.render("Plan.", "Caption.", "Steps.", t.answer), "untagged")
+    'Plan.\\n\\nCaption.\\n\\nSteps.\\n\\n1'
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant == "direct":
+        return direct_answer(task, text)
+    found = _trace_stages(text)
+    # untag strips each stage as render_dict does, so this is the untagged form of the cot text
+    return stages.untag(found) if variant == "untagged" else stages.render_dict(found)
+
+
+def stored_image(task: Any) -> dict:
+    """``task``'s image as the datasets Image feature stores it, ``{"bytes": ..., "path": None}``
+    (inside the dataset, so rows stay valid when the source files move), made once per row.
+
+    An imported RGB JPEG or PNG keeps its file's bytes (no re-encoding), decoded once on the way
+    (``cotlib.images.load_image``) so that a broken or oversized file stops the build with an
+    :class:`~cotlib.images.ImageError` naming it; anything else is stored as the PNG of
+    ``task.get_image()`` (the bytes datasets' Image feature would write for that PIL image).
+    """
     path = getattr(task, "image_path", None)
     if getattr(task, "scene", None) is None and path and Path(path).exists():
-        with Image.open(path) as im:
-            upright = im.getexif().get(0x0112, 1) == 1  # no EXIF rotation to apply
-            plain = im.mode == "RGB" and im.format in ("JPEG", "PNG") and upright
+        try:
+            with Image.open(path) as im:
+                upright = im.getexif().get(0x0112, 1) == 1  # no EXIF rotation to apply
+                plain = im.mode == "RGB" and im.format in ("JPEG", "PNG") and upright
+        except (OSError, ValueError):  # not an image: get_image below names the problem
+            plain = False
         if plain:
+            from cotlib import images
+
+            images.load_image(path, max_side=None)  # the check; the pixels are not kept
             return {"bytes": Path(path).read_bytes(), "path": None}
     buf = io.BytesIO()
     task.get_image().save(buf, format="PNG")
     return {"bytes": buf.getvalue(), "path": None}
 
 
-def build_row(task: Any, text: str, variant: str = "cot") -> dict:
-    """One dataset row for ``task`` and its trace ``text``; ``images`` holds a PIL image.
-
-    ``variant="cot"``: the completion is the canonical four-stage text; ``"direct"``: the answer
-    alone (:func:`direct_answer`); ``"untagged"``: the same four texts without their tags
-    (:func:`cotlib.stages.untag`, the paper's "w/o structured tags" ablation).
-    """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if variant == "direct":
-        target = direct_answer(task, text)
-    else:
-        target = cot_completion(text)
-        if variant == "untagged":
-            target = stages.untag(stages.parse(target).stages)
+def _row(task: Any, text: str, variant: str, image: Any) -> dict:
     return {
         "prompt": prompt_messages(task.prompt_question()),
-        "completion": completion_messages(target),
-        "images": [task.get_image()],
+        "completion": completion_messages(completion_text(task, text, variant)),
+        "images": [image],
         "task_id": task.id,
         "task_type": task.task_type,
         "answer": None if task.answer is None else str(task.answer),
         "choices": list(task.choices) if getattr(task, "choices", None) else [],
         "answer_letter": getattr(task, "answer_letter", None),
     }
+
+
+def build_row(task: Any, text: str, variant: str = "cot") -> dict:
+    """One dataset row for ``task`` and its trace ``text``; ``images`` holds the PIL image (to
+    look at, or for ``Dataset.from_list(rows, features=features())``, which encodes it).
+
+    The completion is :func:`completion_text` of ``variant`` (``"cot"``, ``"direct"`` or
+    ``"untagged"``). :func:`build_dataset` makes the same rows with the image's stored bytes
+    (:func:`stored_image`) instead.
+    """
+    return _row(task, text, variant, task.get_image())
 
 
 def features():
@@ -213,7 +249,8 @@ def build_dataset(
     *,
     variant: str = "cot",
 ):
-    """Kept traces → ``datasets.Dataset`` (one row per kept record, in order).
+    """Kept traces → ``datasets.Dataset`` (one row per kept record, in order). Each row's image
+    is made once, as the bytes the dataset stores (:func:`stored_image`).
 
     ``verdicts`` come from ``filtering.filter_traces(records, tasks)`` — same records, same
     order. Raises :class:`DatasetError` if nothing is kept (naming the top rejection reasons)
@@ -244,9 +281,7 @@ def build_dataset(
         if task is None:
             raise DatasetError(f"No task for kept trace {record.get('task_id')!r}: pass the tasks "
                                "the traces were generated from (e.g. the run's tasks/ folder).")
-        row = build_row(task, record.get("text") or "", variant)
-        row["images"] = [_image_value(task)]
-        rows.append(row)
+        rows.append(_row(task, record.get("text") or "", variant, stored_image(task)))
     return Dataset.from_list(rows, features=features())
 
 
@@ -460,7 +495,9 @@ def import_llava_cot(
     The layout (LLaVA style): a ``.jsonl`` (or a ``.json`` list) of items like
     ``{"id": ..., "image": "chartqa/train/png/x.png", "conversations": [{"from": "human",
     "value": "<image>\\nQuestion"}, {"from": "gpt", "value": "<SUMMARY>…</CONCLUSION>"}]}``,
-    with images under ``image_root``. Each human/gpt pair becomes one record (ids get ``-1``,
+    with images under ``image_root``. Each human/gpt pair becomes one record, a results line
+    (:class:`cotlib.teacher.store.Trace`, model ``llava-cot-100k``, mode ``import``, the image's
+    ``task_type`` kept after the trace's own fields; ids get ``-1``,
     ``-2`` … after the first pair). ``task_type`` is the image's top folder (``chartqa``, …).
     The standard answer is not in this layout, so tasks have ``answer=None`` (the filter's
     answer check is skipped) and the direct variant uses the CONCLUSION.
@@ -471,6 +508,8 @@ def import_llava_cot(
     descriptions (ShareGPT4V), so loosen the length bounds:
     ``checks=filtering.default_checks({"CONCLUSION": (1, 400)})``.
     """
+    from cotlib.teacher.store import Trace
+
     path, root = Path(jsonl_path), Path(image_root)
     if not path.exists():
         raise DatasetError(f"No file at {path}: download LLaVA-CoT-100k's train.jsonl and pass "
@@ -500,17 +539,10 @@ def import_llava_cot(
         for k, (human, gpt) in enumerate(turns):
             question = human.get("value", "").replace("<image>", "").strip()
             text = gpt.get("value", "")
-            parsed = stages.parse(text)
             task_id = base if k == 0 else f"{base}-{k}"
             task_type = Path(image).parts[0] if len(Path(image).parts) > 1 else "unknown"
-            records.append({
-                "task_id": task_id, "status": "done", "model": "llava-cot-100k",
-                "mode": "import", "text": text, "stages": parsed.stages,
-                "problems": sorted(parsed.problem_kinds()),
-                "final_answer": stages.final_answer(text), "usage": {}, "cost_usd": 0.0,
-                "attempts": 1, "failure": None, "seconds": 0.0, "created": None,
-                "task_type": task_type,
-            })
+            records.append(Trace(task_id, text, model="llava-cot-100k", mode="import", usage={},
+                                 extra={"task_type": task_type}).to_json())
             tasks.append(ImportedTask(task_id, task_type, question, str(image_path)))
     if not records:
         raise DatasetError(f"No usable items in {path} (wrong file, or every image missing "

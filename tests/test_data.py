@@ -176,6 +176,68 @@ def test_import_llava_cot_layout_into_the_same_pipeline(tmp_path):
         "task_id"] == "a1"
 
 
+def test_the_dataset_stores_each_image_once_and_a_file_unchanged(tmp_path):
+    """build_dataset makes each row's stored bytes directly: an imported RGB JPEG's own bytes
+    (checked by one decode, no PIL image kept on the task), else the PNG a PIL image would be
+    encoded to; build_row keeps the PIL image, and both give the same dataset."""
+    from datasets import Dataset, List
+    from datasets import Image as ImageFeature
+
+    from cotlib import images
+
+    Image.new("RGB", (30, 20), "green").save(tmp_path / "photo.jpg", quality=80)
+    photo = data.ImportedTask("p1", "photos", "What colour?", str(tmp_path / "photo.jpg"))
+    trace = stages.render("I will name the colour.", "A green square.", "It is green.", "green")
+    ds = data.build_dataset([{"task_id": "p1", "text": trace}], [filtering.Verdict(True, [])],
+                            [photo])
+    stored = ds.cast_column("images", List(ImageFeature(decode=False)))[0]["images"][0]
+    assert stored == {"bytes": (tmp_path / "photo.jpg").read_bytes(), "path": None}
+    assert photo.image is None  # no second representation made on the way
+
+    task = synth.make_task(3, "count_color")
+    built = data.build_dataset([{"task_id": task.id, "text": _text(task)}],
+                               [filtering.Verdict(True, [])], [task])
+    row = data.build_row(task, _text(task))
+    assert isinstance(row["images"][0], Image.Image)
+    from_rows = Dataset.from_list([row], features=data.features())
+    raw = List(ImageFeature(decode=False))
+    assert from_rows.cast_column("images", raw)[0] == built.cast_column("images", raw)[0]
+
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "photo.jpg").read_bytes()[:200])
+    cut = data.ImportedTask("c1", "photos", "What colour?", str(tmp_path / "cut.jpg"))
+    with pytest.raises(images.ImageError, match="cut.jpg"):
+        data.build_dataset([{"task_id": "c1", "text": trace}], [filtering.Verdict(True, [])],
+                           [cut])
+    (tmp_path / "note.png").write_text("not an image")
+    note = data.ImportedTask("n1", "photos", "What colour?", str(tmp_path / "note.png"))
+    with pytest.raises(images.ImageError, match="note.png"):
+        data.build_dataset([{"task_id": "n1", "text": trace}], [filtering.Verdict(True, [])],
+                           [note])
+
+
+def test_untagged_completion_is_the_cot_completion_without_its_tags(pipeline):
+    tasks, records, _ = pipeline
+    for task, record in zip(tasks, records):
+        cot = data.completion_text(task, record["text"])
+        if stages.parse(record["text"]).ok:
+            assert data.completion_text(task, record["text"], "untagged") == stages.untag(
+                stages.parse(cot).stages)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        data.completion_text(tasks[0], records[0]["text"], "plain")
+
+
+def test_imported_records_are_results_lines(tmp_path):
+    from cotlib.teacher.store import Trace
+
+    records, _ = data.import_llava_cot(_llava_fixture(tmp_path), tmp_path,
+                                       missing_images="skip")
+    for record in records:
+        assert Trace.from_json(record).to_json() == record  # the trace type's own line
+        assert record["model"] == "llava-cot-100k" and record["mode"] == "import"
+    assert records[1]["problems"] == ["missing", "missing"]  # CAPTION and REASONING
+    assert [r["task_type"] for r in records] == ["chartqa", "ai2d", "ai2d"]
+
+
 def test_import_explains_bad_input(tmp_path):
     with pytest.raises(DatasetError, match="No file"):
         data.import_llava_cot(tmp_path / "none.jsonl", tmp_path)

@@ -450,6 +450,27 @@ def test_trace_type_reads_and_writes_the_file_format_unchanged(server, tasks, tm
     assert lines(tmp_path / "typed.jsonl") == [trace.to_json()]
 
 
+def test_a_trace_parses_its_text_once_for_every_reader():
+    """Trace.parsed is the one parse of a text: the results line's derived keys, the filter's
+    checks and the dataset read the same cached object, and the line's stages are a copy."""
+    from cotlib import data, filtering
+    from cotlib.teacher.store import parse_text
+
+    text = stages.render("I will count.", "Two circles.", "One and one make two.", "2")
+    trace = teacher.Trace("a", text, model=LOCAL, mode="blind")
+    assert trace.parsed is parse_text(text) is filtering.parse_record({"text": text})
+    assert trace.parsed.stages["CONCLUSION"] == "2" and trace.final_answer == "2"
+    row = trace.to_json()
+    assert (row["stages"], row["problems"], row["final_answer"]) == (
+        trace.parsed.stages, [], "2")
+    row["stages"]["CONCLUSION"] = "changed"  # a reader editing its line changes no other
+    assert trace.parsed.stages["CONCLUSION"] == "2"
+    assert data.cot_completion(text) == stages.render_dict(trace.parsed.stages)
+    empty = teacher.Trace("b", status="failed")
+    assert empty.final_answer == "" and empty.parsed.missing == list(stages.STAGES)
+    assert empty.to_json()["stages"] == {} and empty.to_json()["problems"] == []
+
+
 def test_one_reader_two_views(tmp_path):
     """read_lines parses the file once; the filter's view keeps every line (repeats, garbage
     named, a torn tail that parses), the resume view keeps the last record of each task."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 from cotlib import stages
 from cotlib.filtering.scene import scene_problem
 from cotlib.normalize import answers_match
+from cotlib.teacher.store import parse_text
 
 #: A check: ``(record, task) -> None | reason | (reason, explanation)``.
 Check = Callable[[dict, Any], Any]
@@ -20,14 +20,11 @@ Check = Callable[[dict, Any], Any]
 # helpers
 
 
-@lru_cache(maxsize=4096)
-def _parse(text: str) -> stages.Parsed:
-    return stages.parse(text)
-
-
 def parse_record(record: Mapping) -> stages.Parsed:
-    """The record's text parsed, once for all checks (cached by text; treat it as read-only)."""
-    return _parse(record.get("text") or "")
+    """The record's text parsed once for all checks, the report and the dataset
+    (:func:`cotlib.teacher.store.parse_text`, the trace type's own parse, cached by text; treat
+    it as read-only)."""
+    return parse_text(record.get("text") or "")
 
 
 def word_count(text: str) -> int:
@@ -249,6 +246,6 @@ def check_hedging(record: Mapping, task: Any) -> str | None:
     >>> check_hedging({"text": stages.render("s", "c", "r", "Maybe 3.")}, None)
     'style:hedging'
     """
-    conclusion = stages.parse(record.get("text") or "").stages.get("CONCLUSION", "")
+    conclusion = parse_record(record).stages.get("CONCLUSION", "")
     words = set(re.findall(r"[a-z]+", conclusion.lower()))
     return "style:hedging" if words & HEDGE_WORDS else None

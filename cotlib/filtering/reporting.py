@@ -13,6 +13,7 @@ from cotlib import stages
 from cotlib.filtering.checks import excerpt, word_count
 from cotlib.filtering.run import KEPT, Verdict, record_text
 from cotlib.tables import frame_table
+from cotlib.teacher.store import parse_text
 
 # -----------------------------------------------------------------------------
 # the report
@@ -136,7 +137,7 @@ def report(
     rows = []
     examples: dict[str, list[dict]] = defaultdict(list)
     for v, record in zip(verdicts, records):
-        found = stages.parse(record_text(record)).stages
+        found = parse_text(record_text(record)).stages
         rows.append({"task_id": v.task_id, "task_type": v.task_type, "kept": v.kept,
                      "reason": v.reason,
                      **{s: (word_count(found[s]) if s in found else float("nan"))

@@ -3,6 +3,7 @@ reader."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -53,9 +54,24 @@ def _excerpt(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-#: Keys a results line has that are derived from ``text`` when it is written (no code needs to
-#: read them back: :mod:`cotlib.stages` parses ``text`` again).
+#: Keys a results line has that are derived from ``text`` when it is written. The library reads
+#: the text (:attr:`Trace.parsed`, :func:`parse_text`), never these; they stay in the file for a
+#: person or a notebook reading it (notebook 02 tabulates ``problems`` and ``final_answer``) and
+#: so that every line written so far keeps its bytes.
 DERIVED_KEYS = ("stages", "problems", "final_answer")
+
+
+@functools.lru_cache(maxsize=8192)
+def parse_text(text: str) -> stages.Parsed:
+    """:func:`cotlib.stages.parse` of a trace's text, cached by text, so that in one process a
+    text is parsed once for its results line, every filter check, the filter report and the
+    dataset row (the cache holds the last 8,192 texts). Shared: treat the result as read-only.
+
+    >>> a, b = stages.render("s", "c", "r", "4"), stages.render("s", "c", "r", "4")
+    >>> parse_text(a) is parse_text(b), parse_text(a).ok
+    (True, True)
+    """
+    return stages.parse(text)
 
 
 @dataclass
@@ -92,18 +108,32 @@ class Trace:
     def done(self) -> bool:
         return self.status == "done"
 
+    @property
+    def parsed(self) -> stages.Parsed:
+        """The text's stages and problems (:func:`parse_text`: each text parsed once).
+
+        >>> Trace("t1", "<SUMMARY> s </SUMMARY>").parsed.missing
+        ['CAPTION', 'REASONING', 'CONCLUSION']
+        """
+        return parse_text(self.text or "")
+
+    @property
+    def final_answer(self) -> str:
+        """The answer the text gives (:func:`cotlib.stages.final_answer`), "" without a text."""
+        return stages.final_answer(self.text) if self.text else ""
+
     def to_json(self) -> dict:
         """The results line as a dict (the file format)."""
-        parsed = stages.parse(self.text) if self.text else None
+        parsed = self.parsed if self.text else None
         row = {
             "task_id": self.task_id,
             "status": self.status,
             "model": self.model,
             "mode": self.mode,
             "text": self.text,
-            "stages": parsed.stages if parsed else {},
+            "stages": dict(parsed.stages) if parsed else {},
             "problems": [p.kind for p in parsed.problems] if parsed else [],
-            "final_answer": stages.final_answer(self.text) if self.text else "",
+            "final_answer": self.final_answer,
             "usage": self.usage,
             "cost_usd": self.cost_usd,
             "attempts": self.attempts,

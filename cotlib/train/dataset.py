@@ -110,6 +110,12 @@ def check_images(dataset, on_bad: str = "skip"):
     warning) or raise :class:`TrainError` (``"raise"``). Returns ``(dataset, skipped_ids)``.
 
     Images stored as paths become embedded images. One decode per image (milliseconds each).
+
+    It runs on every dataset, also one ``cotlib.data.build_dataset`` has just made (whose images
+    it rendered, or decoded once on the way): on the demo's 437-row datasets (192 px PNGs, one
+    CPU thread) it takes 0.17-0.35 s per training run, about 0.1 % of the demo's 246 s of
+    training, so no "already checked" mark lets it skip them (a mark kept in the dataset's
+    info would also outlive a ``map`` that changed the images).
     """
     from datasets import Image, List
 
