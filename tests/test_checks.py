@@ -620,3 +620,26 @@ def test_a_checker_cell_in_jupyter_shows_only_the_checkers_lines():
     assert [kind for kind, _ in outputs[1]] == ["stream"] and "not done yet" in outputs[1][0][1]
     assert outputs[2] == [("stream", "❌ y: got 1, expected 2\n"), ("execute_result", "True")]
     assert outputs[3] == [("execute_result", "True")]
+
+
+def test_no_stored_checker_cell_shows_a_bare_bool():
+    """The stored notebook outputs come from the checkers as learners run them: a cell that ends
+    in a checker shows its lines and no ``True``/``False`` (re-execute a notebook that does:
+    ``python scripts/execute_solutions.py solutions/NN_x.ipynb``)."""
+    import re
+    from pathlib import Path
+
+    import nbformat
+
+    root = Path(__file__).resolve().parent.parent
+    shown = []
+    for path in sorted((root / "solutions").glob("*.ipynb")) + sorted(
+            (root / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type != "code" or not re.search(r"checks\.\w+\(", cell.source):
+                continue
+            if any(o.output_type == "execute_result"
+                   and o.get("data", {}).get("text/plain") in ("True", "False")
+                   for o in cell.outputs):
+                shown.append(f"{path.parent.name}/{path.name} cell {i}")
+    assert not shown, f"a bare True/False under a checker: {shown}"
