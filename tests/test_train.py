@@ -259,6 +259,29 @@ def test_training_card_files_and_content(tiny_run):
     assert "loss" in md and "LoRA: r=16" in md
 
 
+def test_writing_a_card_leaves_matplotlibs_backend_alone(tiny_run, tmp_path):
+    """A notebook's plots show through its backend (Jupyter's inline one): writing the card's
+    loss.png must not switch it, as ``matplotlib.use("Agg")`` did (05's loss curve and 07's
+    overhead plot then showed nothing). Checked in a fresh process whose backend is svg; and no
+    cotlib module switches the backend."""
+    script = (
+        "import json, sys, matplotlib\n"
+        "from cotlib.train.card import write_training_card\n"
+        "card = json.load(open(sys.argv[1]))\n"
+        "write_training_card(card, sys.argv[2])\n"
+        "print(matplotlib.get_backend())\n")
+    out = subprocess.run([sys.executable, "-c", script,
+                          str(tiny_run.output_dir / "training_card.json"), str(tmp_path)],
+                         env={**os.environ, "MPLBACKEND": "svg"}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip().lower() == "svg", out.stdout + out.stderr
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    root = Path(train.__file__).resolve().parents[1]
+    switching = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if "matplotlib.use(" in p.read_text() or "switch_backend(" in p.read_text()]
+    assert not switching, switching
+
+
 def test_load_adapter_and_merge_give_the_same_model(tiny_run, traces, tmp_path):
     model, processor = train.load_adapter(tiny_run.output_dir)
     row = traces[0]

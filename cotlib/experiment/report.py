@@ -165,11 +165,7 @@ def recorded_recipe(config: dict[str, Any]) -> dict[str, Any]:
 def write_report(experiment: Experiment) -> Path:
     """Write ``eval.json``, ``overhead.png``, ``by_type.png`` and ``report.md`` (the table the
     report shows is the one computed from ``eval.json``'s results)."""
-    import matplotlib
-
-    if "matplotlib.pyplot" not in __import__("sys").modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib's own backend choice (see train.card)
 
     from cotlib import evaluate
 

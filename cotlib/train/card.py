@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -68,10 +67,8 @@ def write_training_card(card: dict, folder: str | os.PathLike) -> Path:
     (folder / "training_card.json").write_text(json.dumps(card, indent=2, default=str))
     curve = card.get("loss_curve") or []
     if curve:
-        import matplotlib
-
-        if "matplotlib.pyplot" not in sys.modules:
-            matplotlib.use("Agg")
+        # matplotlib's own backend choice (Agg where there is no display; the notebook's inline
+        # backend in Jupyter): switching it here hid every later plot of a notebook.
         import matplotlib.pyplot as plt
 
         fig = plot_loss(curve)
