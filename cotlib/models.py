@@ -37,9 +37,10 @@ TINY_IMAGE_SIZE = 192
 class ModelPreset:
     """A real model the course recommends, with what it needs.
 
-    Memory figures are estimates in GiB: ``inference_gb`` = weights in bf16/fp16 (2 bytes per
-    parameter) plus ~20% for activations and the KV cache at one image; ``lora_train_gb`` is the
-    peak measured or estimated for LoRA at the preset's T4 settings (see ``cotlib.train``).
+    ``inference_gb`` is an estimate in GiB: weights in bf16/fp16 (2 bytes per parameter) plus
+    ~20% for activations and the KV cache at one image. What LoRA training needs depends on the
+    GPU's settings: ``cotlib.train.lora_memory_gb(name, preset)`` estimates it from the model's
+    shape (``cotlib.train.MODEL_SHAPES``).
     """
 
     name: str
@@ -47,7 +48,6 @@ class ModelPreset:
     family: str
     params_millions: int
     inference_gb: float
-    lora_train_gb: float
     image_tokens: str
     notes: str = ""
 
@@ -78,18 +78,19 @@ PRESETS: dict[str, ModelPreset] = {
     for p in (
         ModelPreset(
             "smolvlm-256m", "HuggingFaceTB/SmolVLM-256M-Instruct", "idefics3", 256,
-            _inference_gb(256), 6.0, "64 per 512 px tile; up to 4x4 tiles + global view",
+            _inference_gb(256), "64 per 512 px tile; up to 4x4 tiles + global view",
             "Fits a Colab T4 easily; the course's default real model.",
         ),
         ModelPreset(
             "smolvlm-500m", "HuggingFaceTB/SmolVLM-500M-Instruct", "idefics3", 507,
-            _inference_gb(507), 10.0, "64 per 512 px tile; up to 4x4 tiles + global view",
+            _inference_gb(507), "64 per 512 px tile; up to 4x4 tiles + global view",
             "Better answers; still fits a T4 for LoRA at the T4 preset.",
         ),
         ModelPreset(
             "qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_vl", 3755,
-            _inference_gb(3755), 20.0, "one token per 28x28 px (min/max pixels cap the count)",
-            "Needs an L4/A100 for bf16 LoRA; on a T4 use 4-bit QLoRA.",
+            _inference_gb(3755), "one token per 28x28 px (min/max pixels cap the count)",
+            "bf16 LoRA on an L4/A100; on a T4 fp16 LoRA only with gradient checkpointing, "
+            "close to the card's budget: 4-bit QLoRA leaves headroom.",
         ),
     )
 }

@@ -213,7 +213,8 @@ def test_frozen_vision_tower_builds_no_graph_and_checkpointing_trains_the_same(
                       if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), (
+            name, (grads[0][name] - grads[1][name]).abs().max().item())
     vision = train.build_trainer(rows, output_dir=str(tmp_path / "c"), adapt_vision=True,
                                  **common)
     assert _vision_output_requires_grad(vision)
@@ -257,6 +258,37 @@ def test_training_card_files_and_content(tiny_run):
     assert card["versions"]["trl"] == env.versions()["trl"]
     md = (out / "training_card.md").read_text()
     assert "loss" in md and "LoRA: r=16" in md
+
+
+def test_lora_init_is_the_seeds_whether_or_not_the_tiny_model_was_cached(
+        traces, tmp_path, monkeypatch):
+    """The seed is set just before the adapter's random init: the first run on an empty cache
+    (which builds the tiny twin, drawing random numbers) starts from the same LoRA weights as
+    the next one (it did not: the seed was set before the twin was built)."""
+    monkeypatch.setenv("COTLIB_CACHE", str(tmp_path / "empty-cache"))
+    rows = traces.select(range(2))
+    runs = [train.build_trainer(rows, output_dir=str(tmp_path / name), model="tiny-idefics3",
+                                batch_size=2, verbose=False) for name in ("cold", "warm")]
+    weights = [{n: p.detach().clone() for n, p in run.trainer.model.named_parameters()
+                if "lora_" in n} for run in runs]
+    assert weights[0] and all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+
+
+def test_lora_memory_of_the_recommended_models_is_the_presets_own_estimate():
+    """Notebook 00's LoRA column and notebook 05's preset rationale come from one estimate: at
+    the T4 preset, SmolVLM-500M's figure is the one the rationale prints, SmolVLM-256M's too, and
+    a model whose estimate without checkpointing exceeds the budget gets the one with it."""
+    t4 = train.HARDWARE_PRESETS["t4-16gb"]
+    said = re.search(r"Batch \d+: estimate ([\d.]+) GB.*256M at the same settings: ([\d.]+) GB",
+                     t4.rationale)
+    assert f"{train.lora_memory_gb('smolvlm-500m'):.1f}" == said.group(1)
+    assert f"{train.lora_memory_gb('smolvlm-256m'):.1f}" == said.group(2)
+    qwen = train.MODEL_SHAPES["qwen2.5-vl-3b"]
+    on, without = train.auto_checkpointing(qwen, "float16", t4.batch_size, 832, t4.memory_gb)
+    assert on and train.lora_memory_gb("qwen2.5-vl-3b") < without
+    assert set(train.MODEL_SHAPES) == set(models.PRESETS)
+    with pytest.raises(ValueError, match="not a GPU preset"):
+        train.lora_memory_gb("smolvlm-256m", "cpu")
 
 
 def test_writing_a_card_leaves_matplotlibs_backend_alone(tiny_run, tmp_path):

@@ -50,6 +50,13 @@ class ModelShape:
 #: SmolVLM shapes from the public configs (see REFERENCE.md); params counted with random init.
 SMOLVLM_256M = ModelShape("SmolVLM-256M", 256_500_000, 576, 1536, 30, 9, 3, 64)
 SMOLVLM_500M = ModelShape("SmolVLM-500M", 507_500_000, 960, 2560, 32, 15, 5, 64)
+#: Qwen2.5-VL-3B-Instruct's language model (its public config.json: hidden 2048, MLP 11008, 36
+#: layers, 16 heads, 2 kv heads); params = the whole model with its vision tower.
+QWEN25_VL_3B = ModelShape("Qwen2.5-VL-3B", 3_755_000_000, 2048, 11008, 36, 16, 2, 128)
+#: The shape of each model :data:`cotlib.models.PRESETS` recommends, by its preset name.
+MODEL_SHAPES: dict[str, ModelShape] = {
+    "smolvlm-256m": SMOLVLM_256M, "smolvlm-500m": SMOLVLM_500M, "qwen2.5-vl-3b": QWEN25_VL_3B,
+}
 
 
 def estimate_training_memory_gb(
@@ -227,6 +234,46 @@ HARDWARE_PRESETS: dict[str, TrainPreset] = _presets()
 #: The former name of :data:`HARDWARE_PRESETS` (notebook 05 names it); ``cotlib.models.PRESETS``
 #: is another thing (model names).
 PRESETS = HARDWARE_PRESETS
+
+
+def auto_checkpointing(shape: ModelShape, dtype: str, batch: int, seq_len: int,
+                       memory_gb: float, *, r: int = 16, qlora: bool = False,
+                       budget: float = 0.8) -> tuple[bool, float]:
+    """``gradient_checkpointing="auto"``'s rule: on when the estimate without it exceeds
+    ``budget`` x ``memory_gb``. Returns (on, the estimate without it in GiB).
+
+    >>> auto_checkpointing(SMOLVLM_500M, "float16", 8, 832, 14.7)[0]
+    False
+    """
+    est = estimate_training_memory_gb(shape.params, shape.lora_params(r), dtype, batch, seq_len,
+                                      shape.hidden, shape.layers, False,
+                                      intermediate=shape.intermediate, qlora=qlora)
+    return est > budget * memory_gb, est
+
+
+def lora_memory_gb(model: str, preset: str = "t4-16gb", *, r: int = 16) -> float:
+    """Estimated peak GiB of LoRA training of a recommended model (a name in
+    :data:`cotlib.models.PRESETS`) at a hardware preset's settings: its dtype, image size (as many
+    image tokens as its SmolVLM setting, which is what a Qwen-VL model gets too), batch, and the
+    checkpointing ``"auto"`` would pick on its card. Notebook 00's table shows it.
+
+    >>> round(lora_memory_gb("smolvlm-500m"), 1), round(lora_memory_gb("smolvlm-256m"), 1)
+    (10.2, 6.0)
+    """
+    if model not in MODEL_SHAPES:
+        raise ValueError(f"no shape for {model!r}; known: {sorted(MODEL_SHAPES)}")
+    if preset not in HARDWARE_PRESETS or not HARDWARE_PRESETS[preset].memory_gb:
+        gpus = sorted(k for k, p in HARDWARE_PRESETS.items() if p.memory_gb)
+        raise ValueError(f"{preset!r} is not a GPU preset; choose one of {gpus}")
+    shape, p = MODEL_SHAPES[model], HARDWARE_PRESETS[preset]
+    seq = smolvlm_image_tokens(p.longest_edge, bool(p.do_image_splitting)) + PRESET_TEXT_TOKENS
+    on, without = auto_checkpointing(shape, p.dtype, p.batch_size, seq, p.memory_gb, r=r,
+                                     qlora=p.qlora)
+    if not on:
+        return without
+    return estimate_training_memory_gb(shape.params, shape.lora_params(r), p.dtype, p.batch_size,
+                                       seq, shape.hidden, shape.layers, True,
+                                       intermediate=shape.intermediate, qlora=p.qlora)
 
 
 def pick_preset(hw: env.Hardware | None = None) -> TrainPreset:

@@ -29,7 +29,7 @@ from cotlib.train.memory import (
     HARDWARE_PRESETS,
     PRESET_TEXT_TOKENS,
     ModelShape,
-    estimate_training_memory_gb,
+    auto_checkpointing,
     pick_preset,
     shape_of,
     smolvlm_image_tokens,
@@ -45,7 +45,7 @@ def resolve_settings(settings: TrainSettings, processor=None, model_source: str 
 
     Tiny models keep their processor's image size whatever the preset says; Qwen-VL models get
     the pixel budget that gives as many image tokens as the preset's SmolVLM setting. The
-    checkpointing decision for ``"auto"`` uses :func:`estimate_training_memory_gb` with ``shape``
+    checkpointing decision for ``"auto"`` is :func:`auto_checkpointing`'s with ``shape``
     against 80 % of the GPU's memory (of the preset's card when a preset is named); on a CPU it
     is off. With ``adapt_vision=True`` the estimate leaves out the vision tower's activations.
     """
@@ -91,11 +91,9 @@ def resolve_settings(settings: TrainSettings, processor=None, model_source: str 
                 "auto: off (no GPU memory limit to respect)" if hw.device != "cuda"
                 else "auto: off (no model shape to estimate from)")
         else:
-            seq = image_tokens + PRESET_TEXT_TOKENS
-            est = estimate_training_memory_gb(
-                shape.params, shape.lora_params(settings.lora_r), dtype, batch, seq,
-                shape.hidden, shape.layers, False, intermediate=shape.intermediate, qlora=qlora)
-            checkpointing = est > 0.8 * memory
+            checkpointing, est = auto_checkpointing(
+                shape, dtype, batch, image_tokens + PRESET_TEXT_TOKENS, memory,
+                r=settings.lora_r, qlora=qlora)
             reason = (f"auto: estimate without checkpointing {est:.1f} GB vs 80% of "
                       f"{memory:g} GB -> {'on' if checkpointing else 'off'}")
     elif isinstance(checkpointing, str):
@@ -244,7 +242,6 @@ def build_trainer(dataset, settings: TrainSettings | None = None, *, callbacks=N
     dataset = load_dataset_any(dataset)
     check_dataset_format(dataset)
     dataset, skipped = check_images(dataset, settings.on_bad_image)
-    env.seed_everything(settings.seed)
     source = resolve_model(settings.model)
     hw = env.hardware()
     preset = pick_preset(hw) if settings.preset == "auto" else HARDWARE_PRESETS.get(settings.preset)
@@ -265,6 +262,10 @@ def build_trainer(dataset, settings: TrainSettings | None = None, *, callbacks=N
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # Seeded here, just before the adapter's random init: building a tiny twin that was not
+    # cached yet (resolve_model) draws random numbers too, so a seed set earlier gave a cold
+    # cache another LoRA init than a warm one.
+    env.seed_everything(settings.seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         model = get_peft_model(model, lora_config(settings.lora_r, settings.lora_alpha,
