@@ -46,6 +46,18 @@ class ModelShape:
                  (h, i), (h, i), (i, h)]
         return self.layers * r * sum(a + b for a, b in pairs)
 
+    def training_memory_gb(self, dtype: str, batch: int, seq_len: int,
+                           gradient_checkpointing: bool, *, r: int = 16,
+                           qlora: bool = False) -> float:
+        """:func:`estimate_training_memory_gb` for this shape with rank-``r`` LoRA.
+
+        >>> round(SMOLVLM_500M.training_memory_gb("float16", 8, 832, False), 1)
+        10.2
+        """
+        return estimate_training_memory_gb(
+            self.params, self.lora_params(r), dtype, batch, seq_len, self.hidden, self.layers,
+            gradient_checkpointing, intermediate=self.intermediate, qlora=qlora)
+
 
 #: SmolVLM shapes from the public configs (see REFERENCE.md); params counted with random init.
 SMOLVLM_256M = ModelShape("SmolVLM-256M", 256_500_000, 576, 1536, 30, 9, 3, 64)
@@ -173,9 +185,7 @@ def plan_batch(shape: ModelShape, memory_gb: float, dtype: str, longest_edge: in
         for batch in (16, 8, 4, 2, 1):
             if batch > effective_batch:
                 continue
-            est = estimate_training_memory_gb(
-                shape.params, shape.lora_params(r), dtype, batch, seq, shape.hidden, shape.layers,
-                checkpointing, intermediate=shape.intermediate, qlora=qlora)
+            est = shape.training_memory_gb(dtype, batch, seq, checkpointing, r=r, qlora=qlora)
             if est <= limit:
                 return batch, checkpointing, est
     raise TrainError(f"{shape.name} does not fit {memory_gb} GB even at batch 1 with "
@@ -189,13 +199,8 @@ def _gpu_preset(name: str, gpu: str, memory_gb: float, dtype: str, longest_edge:
                                            do_image_splitting, qlora=qlora)
     image = smolvlm_image_tokens(longest_edge, do_image_splitting)
     seq = image + PRESET_TEXT_TOKENS
-    other = estimate_training_memory_gb(
-        shape.params, shape.lora_params(16), dtype, batch, seq, shape.hidden, shape.layers,
-        not checkpointing, intermediate=shape.intermediate, qlora=qlora)
-    small = SMOLVLM_256M
-    est_small = estimate_training_memory_gb(
-        small.params, small.lora_params(16), dtype, batch, seq, small.hidden, small.layers,
-        checkpointing, intermediate=small.intermediate, qlora=qlora)
+    other = shape.training_memory_gb(dtype, batch, seq, not checkpointing, qlora=qlora)
+    est_small = SMOLVLM_256M.training_memory_gb(dtype, batch, seq, checkpointing, qlora=qlora)
     tiling = (f"{longest_edge} px with tiling = {image // 64 - 1} tiles + 1 global view"
               if do_image_splitting and image > 64 else "one 512-px view, no tiling")
     rationale = (
@@ -245,9 +250,7 @@ def auto_checkpointing(shape: ModelShape, dtype: str, batch: int, seq_len: int,
     >>> auto_checkpointing(SMOLVLM_500M, "float16", 8, 832, 14.7)[0]
     False
     """
-    est = estimate_training_memory_gb(shape.params, shape.lora_params(r), dtype, batch, seq_len,
-                                      shape.hidden, shape.layers, False,
-                                      intermediate=shape.intermediate, qlora=qlora)
+    est = shape.training_memory_gb(dtype, batch, seq_len, False, r=r, qlora=qlora)
     return est > budget * memory_gb, est
 
 
@@ -271,9 +274,7 @@ def lora_memory_gb(model: str, preset: str = "t4-16gb", *, r: int = 16) -> float
                                      qlora=p.qlora)
     if not on:
         return without
-    return estimate_training_memory_gb(shape.params, shape.lora_params(r), p.dtype, p.batch_size,
-                                       seq, shape.hidden, shape.layers, True,
-                                       intermediate=shape.intermediate, qlora=p.qlora)
+    return shape.training_memory_gb(p.dtype, p.batch_size, seq, True, r=r, qlora=p.qlora)
 
 
 def pick_preset(hw: env.Hardware | None = None) -> TrainPreset:
