@@ -56,7 +56,7 @@ from cotlib.infer.answers import (
 )
 from cotlib.infer.generate import generate_ids, generate_one_pass, generate_text, memorise
 from cotlib.infer.plumbing import device_of, eos_ids, rope_owner
-from cotlib.infer.sampling import Sampling, choose_next
+from cotlib.infer.sampling import Sampling, choose_next, seeded_generator
 from cotlib.infer.staged import (
     continue_from,
     decode_stage,
@@ -77,5 +77,5 @@ __all__ = [
     "DEFAULT_MAX_TOKENS", "EOS", "GIVEN", "LENGTH", "SEP", "TAG", "DecodeState", "Sampling",
     "StageResult", "StagedAnswer", "answer_lead", "continue_from", "decode_stage", "feed",
     "finish", "generate_ids", "generate_one_pass", "generate_stages", "generate_stages_batch",
-    "generate_text", "memorise", "printer", "stage_block", "start",
+    "generate_text", "memorise", "printer", "seeded_generator", "stage_block", "start",
 ]

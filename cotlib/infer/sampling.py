@@ -27,6 +27,22 @@ class Sampling:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
+def seeded_generator(model, sampling: Sampling | None):
+    """A ``torch.Generator`` on ``model``'s device seeded with ``sampling.seed``; None when
+    decoding is greedy or unseeded (torch's global random state is then used).
+
+    >>> seeded_generator(None, None) is None
+    True
+    """
+    if sampling is None or sampling.seed is None:
+        return None
+    import torch
+
+    from cotlib.infer.plumbing import device_of
+
+    return torch.Generator(device=device_of(model)).manual_seed(sampling.seed)
+
+
 def choose_next(logits, sampling: Sampling | None, generator):
     """Pick one token per row: argmax, or a temperature / top-p sample. Returns ids and the
     chosen tokens' log-probabilities under the unmodified model distribution."""

@@ -23,7 +23,7 @@ from cotlib.infer.answers import (
     stage_block,
 )
 from cotlib.infer.plumbing import decode_ids, device_of, encode_text, eos_ids, ids_with_gt
-from cotlib.infer.sampling import Sampling, choose_next
+from cotlib.infer.sampling import Sampling, choose_next, seeded_generator
 from cotlib.infer.state import DecodeState, Row, feed_chunks, prefill
 
 
@@ -194,8 +194,8 @@ def decode_stage(
         raise ValueError(f"need at least 1 token per stage, got {budget}")
     proc, close = state.processor, stages.close_tag(stage)
     gt, eos = ids_with_gt(proc), eos_ids(state.model, proc)
-    if sampling is not None and generator is None and sampling.seed is not None:
-        generator = torch.Generator(device=device_of(state.model)).manual_seed(sampling.seed)
+    if generator is None:
+        generator = seeded_generator(state.model, sampling)
     t0 = time.perf_counter()
     n = state.size
     tokens: list[list[int]] = [[] for _ in range(n)]
@@ -294,13 +294,10 @@ def generate_stages_batch(
     >>> [a.tokens for a in answers]
     [8, 8]
     """
-    import torch
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    generator = None
-    if sampling is not None and sampling.seed is not None:
-        generator = torch.Generator(device=device_of(model)).manual_seed(sampling.seed)
+    generator = seeded_generator(model, sampling)
     answers: list[StagedAnswer] = []
     for lo in range(0, len(questions), batch_size):
         hi = min(lo + batch_size, len(questions))
@@ -342,12 +339,9 @@ def generate_stages(
     >>> a.text.count("</"), a.stages["CONCLUSION"].stop
     (4, 'length')
     """
-    import torch
 
     state = start(model, processor, [image], [question], given=given, reuse_cache=reuse_cache)
-    generator = None
-    if sampling is not None and sampling.seed is not None:
-        generator = torch.Generator(device=device_of(model)).manual_seed(sampling.seed)
+    generator = seeded_generator(model, sampling)
     tok_cb = (lambda i, s, t: on_token(s, t)) if on_token else None
     end_cb = (lambda i, s, r: on_stage_end(s, r)) if on_stage_end else None
     while state.next_stage is not None:

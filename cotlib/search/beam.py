@@ -21,14 +21,6 @@ from cotlib.search.tree import (
 )
 
 
-def sampling_generator(model, sampling: infer.Sampling | None):
-    import torch
-
-    if sampling is None or sampling.seed is None:
-        return None
-    return torch.Generator(device=infer._device(model)).manual_seed(sampling.seed)
-
-
 def answer_so_far(state: infer.DecodeState) -> str:
     row = state.rows[0]
     return infer.SEP.join(infer.stage_block(s, r.text) for s, r in row.results.items())
@@ -56,7 +48,7 @@ def beam_search_stages(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     scorer = scorer or judge_scorer(model, processor)
-    generator = sampling_generator(model, sampling)
+    generator = infer.seeded_generator(model, sampling)
     t0 = time.perf_counter()
     state = infer.start(model, processor, [image], [question])
     steps: list[StageSearch] = []
@@ -97,7 +89,7 @@ def best_of_n(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     scorer = scorer or judge_scorer(model, processor)
-    generator = sampling_generator(model, sampling)
+    generator = infer.seeded_generator(model, sampling)
     t0 = time.perf_counter()
     state = infer.start(model, processor, [image], [question]).repeat(n)
     while state.next_stage is not None:

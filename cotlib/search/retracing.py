@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cotlib import infer
-from cotlib.search.beam import answer_so_far, sampling_generator
+from cotlib.search.beam import answer_so_far
 from cotlib.search.scorers import Scorer, ScoreScorer, function_scorer, loglik_scorer
 from cotlib.search.tree import (
     LLAVA_COT_SAMPLING,
@@ -88,7 +88,7 @@ def swires(
     if retraces < 0:
         raise ValueError(f"retraces must be >= 0, got {retraces}")
     rater = _as_score_scorer(scorer)
-    generator = sampling_generator(model, sampling)
+    generator = infer.seeded_generator(model, sampling)
     kw = dict(max_new_tokens=max_new_tokens_per_stage, force_tokens=force_tokens_per_stage,
               sampling=sampling, generator=generator)
     t0 = time.perf_counter()
